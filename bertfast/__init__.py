@@ -1,0 +1,7 @@
+"""bertfast: fused CPU and CUDA kernels and a thin, fast BERT for fine-tuning and training."""
+from . import ops, reference
+from ._library import build_info, has_cuda_kernels
+
+__version__ = "0.1.0"
+
+__all__ = ["ops", "reference", "build_info", "has_cuda_kernels", "__version__"]

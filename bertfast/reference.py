@@ -1,0 +1,52 @@
+"""Plain-PyTorch definitions of every fused op: the spec that tests and benchmarks compare
+against. Each function computes in the dtype of its inputs (tests pass float64 copies)."""
+import torch
+import torch.nn.functional as F
+
+_MASK32 = 0xFFFFFFFF
+
+
+def _mulhilo32(a: int, b: torch.Tensor):
+    """(hi, lo) 32-bit words of a * b for a < 2^32 and int64 tensor b < 2^32, exactly,
+    without int64 overflow (b is split into 16-bit halves)."""
+    t_lo = a * (b & 0xFFFF)
+    t_hi = a * (b >> 16)
+    lo = (t_lo + ((t_hi & 0xFFFF) << 16)) & _MASK32
+    hi = (t_hi + (t_lo >> 16)) >> 16
+    return hi, lo
+
+
+def philox4x32_10(counter: torch.Tensor, key: int):
+    """Philox-4x32-10 of the 128-bit counters (counter, 0) under a 64-bit key: four int64
+    tensors holding 32-bit words. Matches csrc/common/philox.h."""
+    c0, c1 = counter & _MASK32, (counter >> 32) & _MASK32
+    c2, c3 = torch.zeros_like(counter), torch.zeros_like(counter)
+    k0, k1 = key & _MASK32, (key >> 32) & _MASK32
+    for _ in range(10):
+        hi0, lo0 = _mulhilo32(0xD2511F53, c0)
+        hi1, lo1 = _mulhilo32(0xCD9E8D57, c2)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+        k0, k1 = (k0 + 0x9E3779B9) & _MASK32, (k1 + 0xBB67AE85) & _MASK32
+    return c0, c1, c2, c3
+
+
+def dropout_keep_mask(seed: int, shape, p: float, device="cpu") -> torch.Tensor:
+    """The bool keep-mask bertfast's kernels draw for a tensor of `shape` with dropout `p`
+    under `seed`: element i keeps when word i % 4 of Philox(i // 4) >= floor(p * 2^32)."""
+    numel = 1
+    for s in shape:
+        numel *= s
+    index = torch.arange(numel, dtype=torch.int64, device=device)
+    words = torch.stack(philox4x32_10(index >> 2, int(seed)), dim=-1)
+    draw = words.gather(-1, (index & 3).unsqueeze(-1)).squeeze(-1)
+    threshold = min(int(p * 2**32), 2**32 - 1)
+    return (draw >= threshold).view(shape)
+
+
+def add_layer_norm(x, residual, weight, bias, eps=1e-12, *, x_bias=None, dropout_p=0.0, keep_mask=None):
+    """layer_norm(residual + dropout(x + x_bias)) over the last dimension. With dropout,
+    `keep_mask` (bool, x's shape) says which elements survive; they are scaled by 1/(1-p)."""
+    h = x if x_bias is None else x + x_bias
+    if dropout_p > 0:
+        h = h * keep_mask.to(h.dtype) / (1.0 - dropout_p)
+    return F.layer_norm(residual + h, (x.shape[-1],), weight, bias, eps)
