@@ -21,16 +21,17 @@ TORCH_LIBRARY(bertfast, m) {
   // How this library was built: (torch version, CUDA version or "", arch list or "").
   m.def("build_info() -> str[]", &build_info);
 
-  // out = layer_norm(residual + dropout(x + x_bias)); also returns the pre-norm sum and the
-  // row statistics that the backward reads. `seed` (int64[1]) keys the Philox dropout mask.
+  // out = layer_norm(residual + dropout(x + x_bias)) and the row statistics the backward reads.
+  // `seed` (int64[1]) keys the Philox dropout mask, which the backward regenerates.
   m.def(
       "add_layer_norm_fwd(Tensor x, Tensor residual, Tensor weight, Tensor bias, Tensor? x_bias, "
-      "Tensor? seed, float eps, float dropout_p) -> (Tensor out, Tensor pre_norm, Tensor mean, Tensor rstd)");
-  // Gradients of add_layer_norm. grad_x is empty unless dropout_p > 0 (it equals
-  // grad_pre_norm then); grad_x_bias is empty unless want_grad_x_bias.
+      "Tensor? seed, float eps, float dropout_p) -> (Tensor out, Tensor mean, Tensor rstd)");
+  // Gradients of add_layer_norm; the pre-norm sum is recomputed from x and residual (cheaper
+  // than storing it). grad_x is empty unless dropout_p > 0 (it equals grad_residual then);
+  // grad_x_bias is empty unless want_grad_x_bias.
   m.def(
-      "add_layer_norm_bwd(Tensor grad_out, Tensor pre_norm, Tensor mean, Tensor rstd, Tensor weight, "
-      "Tensor? seed, float dropout_p, bool want_grad_x_bias) -> "
-      "(Tensor grad_pre_norm, Tensor grad_x, Tensor grad_weight, Tensor grad_bias, Tensor grad_x_bias)");
+      "add_layer_norm_bwd(Tensor grad_out, Tensor x, Tensor residual, Tensor weight, Tensor? x_bias, "
+      "Tensor mean, Tensor rstd, Tensor? seed, float dropout_p, bool want_grad_x_bias) -> "
+      "(Tensor grad_residual, Tensor grad_x, Tensor grad_weight, Tensor grad_bias, Tensor grad_x_bias)");
 }
 

