@@ -1,0 +1,98 @@
+"""Rows out: a printed table, JSON, CSV and PNG bar charts."""
+import csv
+import json
+import os
+
+TABLE_COLUMNS = [("model", "model"), ("seq_len", "seq"), ("lengths", "lengths"), ("batch_size", "batch"),
+                 ("mode", "mode"), ("impl", "impl"), ("ms", "ms"), ("tokens_per_s", "tokens/s"),
+                 ("samples_per_s", "samples/s"), ("peak_mem_MB", "peak MB"), ("tflops", "TFLOP/s"), ("mfu", "MFU"),
+                 ("vs_hf_eager", "vs eager"), ("vs_hf_sdpa", "vs sdpa")]
+
+
+def _fmt(value):
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if value >= 1000:
+            return f"{value:,.0f}"
+        if value >= 10:
+            return f"{value:.1f}"
+        return f"{value:.3g}" if value < 1 else f"{value:.2f}"
+    return str(value)
+
+
+def format_table(rows):
+    columns = [(key, title) for key, title in TABLE_COLUMNS if any(r.get(key) is not None for r in rows)]
+    cells = [[_fmt(r.get(key)) for key, _ in columns] for r in rows]
+    widths = [max(len(title), *(len(c[i]) for c in cells)) if cells else len(title)
+              for i, (_, title) in enumerate(columns)]
+    lines = ["  ".join(title.ljust(w) for (_, title), w in zip(columns, widths))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(cell, widths)).rstrip() for cell in cells]
+    return "\n".join(lines)
+
+
+def write_json(path, payload):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2)
+    os.replace(tmp, path)
+
+
+def write_csv(path, rows, conditions):
+    """One line per row, the run's conditions (device, torch, CUDA, commit...) repeated on each."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    keys = []
+    for r in rows:
+        keys += [k for k in r if k not in keys and k != "samples_s"]
+    keys += [k for k in conditions if k not in keys]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({**conditions, **r})
+
+
+def plot(folder, rows, conditions):
+    """throughput.png and memory.png: grouped bars, one group per workload, one bar per
+    implementation. Returns the paths written."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SystemExit("--plot needs matplotlib, which is not installed: pip install matplotlib") from None
+    os.makedirs(folder, exist_ok=True)
+    groups = []
+    for r in rows:
+        key = (r["model"], r["task"], r["seq_len"], r["lengths"], r["mode"])
+        if key not in groups:
+            groups.append(key)
+    impls = []
+    for r in rows:
+        if r["impl"] not in impls:
+            impls.append(r["impl"])
+    by_key = {(r["model"], r["task"], r["seq_len"], r["lengths"], r["mode"], r["impl"]): r for r in rows}
+    labels = [f"{m}\n{t if t != 'classification' else 'cls'} {s} {ln.split(':')[0]}\n{mode}"
+              for m, t, s, ln, mode in groups]
+    paths = []
+    title_suffix = f"{conditions.get('device', '')}, torch {conditions.get('torch', '')}, {rows[0]['precision']}"
+    for metric, ylabel, name in (("tokens_per_s", "real tokens / s", "throughput.png"),
+                                 ("peak_mem_MB", "peak memory (MB)", "memory.png")):
+        fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(groups) * max(1, len(impls)) * 0.45 + 2), 4.2))
+        width = 0.8 / max(1, len(impls))
+        for i, impl in enumerate(impls):
+            values = [(by_key.get((*g, impl)) or {}).get(metric) or 0 for g in groups]
+            ax.bar([x + (i - (len(impls) - 1) / 2) * width for x in range(len(groups))], values, width, label=impl)
+        ax.set_xticks(range(len(groups)))
+        ax.set_xticklabels(labels, fontsize=7)
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"bertfast bench: {ylabel} ({title_suffix})", fontsize=9)
+        ax.legend(fontsize=7)
+        ax.grid(axis="y", alpha=0.3)
+        fig.tight_layout()
+        path = os.path.join(folder, name)
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
