@@ -13,7 +13,7 @@ bf16 GEMM rate measured in the same run, and for bertfast rows the speedup over 
 
 "full" batches have every sequence at --seq-len; "real" batches draw lengths from real text
 (Rotten Tomatoes snippets up to 128 tokens, SQuAD question + paragraph beyond: see
-bertfast/benchmarking/lengths.json) and are padded to their longest sequence, as a dynamic-
+bertfast/data/bench_lengths.json) and are padded to their longest sequence, as a dynamic-
 padding collator does.
 
     bertfast bench                                  # sizes that suit the machine
@@ -89,8 +89,6 @@ def _defaults(args):
     args.warmup = (3 if on_gpu else 1) if args.warmup is None else args.warmup
     args.real_batches = args.real_batches or (4 if on_gpu else 2)
     args.compile_modes = [False, True] if args.compile == "on" or (args.compile == "auto" and on_gpu) else [False]
-    if args.threads:
-        torch.set_num_threads(args.threads)
     return args
 
 
@@ -203,7 +201,13 @@ def run_benchmark(args):
 
 
 def main(args):
-    rows, notes, conditions = run_benchmark(args)
+    threads = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        rows, notes, conditions = run_benchmark(args)
+    finally:
+        torch.set_num_threads(threads)
     print()
     print(" | ".join(f"{k}: {v}" for k, v in conditions.items() if v is not None))
     print(output.format_table(rows))

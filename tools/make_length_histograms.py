@@ -1,4 +1,4 @@
-"""Rebuild bertfast/benchmarking/lengths.json: token-length histograms of real text that
+"""Rebuild bertfast/data/bench_lengths.json: token-length histograms of real text that
 `bertfast bench` draws its "real" batches from (lengths only: no text is stored).
 
     python tools/make_length_histograms.py [SAMPLES_DIR]
@@ -18,7 +18,7 @@ import sys
 from tokenizers import Tokenizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OUT = os.path.join(REPO, "bertfast", "benchmarking", "lengths.json")
+OUT = os.path.join(REPO, "bertfast", "data", "bench_lengths.json")
 
 
 def tokenizer():

@@ -3,7 +3,7 @@ import csv
 import json
 import os
 
-TABLE_COLUMNS = [("model", "model"), ("seq_len", "seq"), ("lengths", "lengths"), ("batch_size", "batch"),
+TABLE_COLUMNS = [("model", "model"), ("task", "task"), ("seq_len", "seq"), ("lengths", "lengths"), ("batch_size", "batch"),
                  ("mode", "mode"), ("impl", "impl"), ("ms", "ms"), ("tokens_per_s", "tokens/s"),
                  ("samples_per_s", "samples/s"), ("peak_mem_MB", "peak MB"), ("tflops", "TFLOP/s"), ("mfu", "MFU"),
                  ("vs_hf_eager", "vs eager"), ("vs_hf_sdpa", "vs sdpa")]

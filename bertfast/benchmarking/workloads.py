@@ -16,7 +16,7 @@ MODEL_SIZES = {
 }
 VOCAB_SIZE = 30522
 TASKS = ("classification", "mlm")
-LENGTH_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lengths.json")
+LENGTH_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "bench_lengths.json")
 
 
 def real_distribution_for(seq_len):
