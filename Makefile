@@ -11,7 +11,7 @@ TORCH_SPEC ?= torch==2.14.1
 DEPS := numpy ninja tqdm "transformers>=4.40" "tokenizers>=0.15" "safetensors>=0.4" \
         pytest hypothesis pytest-benchmark expecttest
 
-.PHONY: setup build demo test bench clean
+.PHONY: setup build demo test bench bench-e2e kernel-report clean
 
 $(VENV)/.deps-installed: Makefile pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,8 +34,20 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q tests
 
+# Every op benchmark (benchmarks/bench_*.py), one table and JSON under out/bench/.
 bench: setup
-	$(PY) benchmarks/bench_add_layer_norm.py
+	$(PY) benchmarks/run_all.py --out out/bench
+
+# End to end against transformers (bertfast bench), sizes that suit the machine.
+bench-e2e: setup
+	$(PY) -m bertfast.bench --json out/bench/e2e.json --csv out/bench/e2e.csv
+
+# Registers, shared memory, spills and key SASS instructions of the CUDA kernels (no GPU needed;
+# skipped without nvcc). Fails when a hot kernel spills or lost its tensor-core / 128-bit loads.
+kernel-report: build
+	@if [ -x "$(CUDA_HOME)/bin/nvcc" ] || command -v nvcc >/dev/null; then \
+		$(PY) -m bertfast.kernel_report --json out/kernel_report.json; \
+	else echo "kernel-report: nvcc not found, skipped"; fi
 
 clean:
 	rm -rf build bertfast/*.so csrc/build_info.h
