@@ -61,6 +61,7 @@ def add_arguments(parser):
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
     parser.add_argument("--json", help="write rows, notes and the run's conditions here")
     parser.add_argument("--csv", help="write the rows here, with the conditions on each line")
+    parser.add_argument("--markdown", help="write the table as markdown here")
     parser.add_argument("--plot", metavar="DIR", help="write throughput.png and memory.png here (needs matplotlib)")
     return parser
 
@@ -218,6 +219,9 @@ def main(args):
         output.write_json(args.json, payload)
     if args.csv:
         output.write_csv(args.csv, rows, conditions)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(output.format_markdown(rows) + "\n")
     if args.plot and rows:
         for path in output.plot(args.plot, rows, conditions):
             print(f"wrote {path}")

@@ -119,6 +119,8 @@ def test_table_and_plot(tmp_path):
             for impl, ms in (("bertfast", 1.0), ("hf-sdpa", 2.0))]
     table = output.format_table(rows)
     assert "tokens/s" in table and "MFU" not in table  # all-None columns are dropped
+    markdown = output.format_markdown(rows).splitlines()
+    assert len(markdown) == 4 and markdown[0].startswith("| model") and "bertfast" in markdown[2]
     try:
         import matplotlib  # noqa: F401
     except ImportError:

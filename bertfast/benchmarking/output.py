@@ -31,6 +31,14 @@ def format_table(rows):
     return "\n".join(lines)
 
 
+def format_markdown(rows):
+    """The table as GitHub markdown (for the README)."""
+    columns = [(key, title) for key, title in TABLE_COLUMNS if any(r.get(key) is not None for r in rows)]
+    lines = ["| " + " | ".join(title for _, title in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_fmt(r.get(key)) for key, _ in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
 def write_json(path, payload):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
