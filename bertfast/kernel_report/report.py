@@ -76,6 +76,7 @@ def build_parser(parser=None):
                         help="compile only the sources whose path contains this text (repeatable)")
     parser.add_argument("--build-dir", default=os.path.join(REPO, "build", "kernel_report"),
                         help="cubins and tool output, reused while sources and flags are unchanged")
+    parser.add_argument("--include", action="append", default=[], help="extra include directory (repeatable)")
     parser.add_argument("--jobs", type=int, default=int(os.environ.get("MAX_JOBS") or os.cpu_count() or 1))
     parser.add_argument("--json", help="write the rows here")
     return parser
@@ -101,7 +102,8 @@ def main(argv=None):
         return 2
     archs = args.arch or ["80", "90"]
     print(f"compiling {len(sources)} sources x {len(archs)} archs with {nvcc} ({args.jobs} jobs)", flush=True)
-    compiled = toolchain.compile_all(sources, archs, csrc, args.build_dir, args.jobs, nvcc, cuobjdump)
+    include_dirs = [*args.include, *toolchain.wheel_include_dirs()]
+    compiled = toolchain.compile_all(sources, archs, csrc, args.build_dir, args.jobs, nvcc, cuobjdump, include_dirs)
     rows = analyse(compiled)
     ok = print_report(rows, compiled)
     if args.json:

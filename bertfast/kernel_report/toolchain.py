@@ -18,6 +18,15 @@ _INCLUDE = re.compile(r'^\s*#\s*include\s*([<"])([^>"]+)[>"]', re.M)
 _TORCH_HEADERS = ("torch/", "ATen/", "c10/", "caffe2/", "pybind11/", "Python.h")
 
 
+def wheel_include_dirs():
+    """Headers of the nvidia-* pip wheels (site-packages/nvidia/*/include), as setup.py adds them."""
+    dirs = []
+    for site in sys.path:
+        if site and os.path.isdir(site):
+            dirs += glob.glob(os.path.join(site, "nvidia", "*", "include"))
+    return sorted({d for d in dirs if os.path.isdir(d)})
+
+
 def find_nvcc():
     for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
         if home and os.path.isfile(os.path.join(home, "bin", "nvcc")):
@@ -93,11 +102,11 @@ def _cache_key(source, csrc, arch, nvcc_id, flags):
     return h.hexdigest()[:20]
 
 
-def compile_one(source, arch, csrc, build_dir, nvcc, cuobjdump, nvcc_id, flags=NVCC_FLAGS):
+def compile_one(source, arch, csrc, build_dir, nvcc, cuobjdump, nvcc_id, flags=NVCC_FLAGS, include_dirs=()):
     """Compile `source` for sm_`arch` into a cubin; returns {"source", "arch", "ptxas", "sass",
     "cached", "error"} with the ptxas -v text and the SASS listing."""
     stem = os.path.splitext(os.path.relpath(source, csrc))[0].replace(os.sep, "__")
-    key = _cache_key(source, csrc, arch, nvcc_id, flags)
+    key = _cache_key(source, csrc, arch, nvcc_id, [*flags, *include_dirs])
     base = os.path.join(build_dir, f"{stem}.sm_{arch}.{key}")
     cubin, ptxas_log, sass_file = base + ".cubin", base + ".ptxas.txt", base + ".sass.txt"
     result = {"source": os.path.relpath(source, os.path.dirname(csrc)), "arch": f"sm_{arch}", "cached": True,
@@ -106,7 +115,8 @@ def compile_one(source, arch, csrc, build_dir, nvcc, cuobjdump, nvcc_id, flags=N
         result["cached"] = False
         for stale in glob.glob(os.path.join(build_dir, f"{stem}.sm_{arch}.*")):  # older versions of the file
             os.remove(stale)
-        cmd = [nvcc, "-cubin", f"-arch=sm_{arch}", *flags, f"-I{csrc}", "-o", cubin + ".tmp", source]
+        cmd = [nvcc, "-cubin", f"-arch=sm_{arch}", *flags, f"-I{csrc}", *(f"-I{d}" for d in include_dirs),
+               "-o", cubin + ".tmp", source]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             result["error"] = f"nvcc failed ({' '.join(cmd)}):\n{proc.stderr[-4000:]}"
@@ -129,11 +139,12 @@ def compile_one(source, arch, csrc, build_dir, nvcc, cuobjdump, nvcc_id, flags=N
     return result
 
 
-def compile_all(sources, archs, csrc, build_dir, jobs, nvcc, cuobjdump):
+def compile_all(sources, archs, csrc, build_dir, jobs, nvcc, cuobjdump, include_dirs=()):
     """compile_one over every (source, arch), `jobs` at a time; results in (source, arch) order."""
     os.makedirs(build_dir, exist_ok=True)
     nvcc_id = nvcc_version(nvcc)
     work = [(s, a) for s in sources for a in archs]
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        futures = [pool.submit(compile_one, s, a, csrc, build_dir, nvcc, cuobjdump, nvcc_id) for s, a in work]
+        futures = [pool.submit(compile_one, s, a, csrc, build_dir, nvcc, cuobjdump, nvcc_id, NVCC_FLAGS, include_dirs)
+                   for s, a in work]
         return [f.result() for f in futures]
