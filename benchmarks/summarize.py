@@ -2,8 +2,8 @@
 
     python benchmarks/summarize.py OUT_DIR
 
-Rows are the dicts of a payload's "rows" list; benchmarks that name their list otherwise
-("cases", "results", ... also nested one level, e.g. {"cpu": {"rows": [...]}}) are read too.
+Rows are the dicts of a payload's "rows" list; payloads shaped otherwise (lists of cases, or
+dicts of measurements per part, nested) are read too, each row labelled with its "part".
 """
 import glob
 import json
@@ -14,23 +14,30 @@ import sys
 COLUMNS = ["op", "shape", "dtype", "mode", "speedup", "fused_GBps", "of_copy_bw", "ratio", "tflops"]
 
 
-def rows_of(payload, depth=0):
-    """The row dicts of a benchmark's JSON payload."""
-    if isinstance(payload, list):
-        return [r for r in payload if isinstance(r, dict)] if all(isinstance(r, dict) for r in payload) else []
-    if not isinstance(payload, dict) or depth > 2:
-        return []
-    if isinstance(payload.get("rows"), list):
-        return rows_of(payload["rows"], depth + 1)
-    found = []
-    for key, value in payload.items():
-        if key == "conditions":
-            continue
-        sub = rows_of(value, depth + 1)
-        if isinstance(value, dict) and sub:
-            sub = [{"part": key, **r} for r in sub]
-        found += sub
-    return found
+def rows_of(payload):
+    """The row dicts of a benchmark's JSON payload: its "rows" list when it has one; otherwise
+    every list of dicts, and every dict holding numbers, found under it (labelled "part")."""
+    if isinstance(payload, dict) and isinstance(payload.get("rows"), list):
+        return [r for r in payload["rows"] if isinstance(r, dict)]
+    rows = []
+
+    def walk(node, path):
+        for key, value in node.items():
+            if key == "conditions":
+                continue
+            where = f"{path}/{key}" if path else str(key)
+            if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+                rows.extend({"part": where, **{k: v for k, v in r.items() if not isinstance(v, (dict, list))}}
+                            for r in value)
+            elif isinstance(value, dict):
+                scalars = {k: v for k, v in value.items() if isinstance(v, (int, float, str, bool)) or v is None}
+                if any(isinstance(v, float) for v in scalars.values()):
+                    rows.append({"part": where, **scalars})
+                walk(value, where)
+
+    if isinstance(payload, dict):
+        walk(payload, "")
+    return rows
 
 
 def main(folder):
@@ -43,8 +50,9 @@ def main(folder):
             rows.append({"bench": os.path.basename(path)[6:-5], **row})
     if conditions:
         print(" | ".join(f"{k}: {v}" for k, v in conditions.items()))
-    cols = ["bench"] + [c for c in COLUMNS if any(c in r for r in rows)]
-    extra = sorted({k for r in rows for k in r if k.endswith(("GBps", "tflops", "TFLOPs", "ratio", "speedup"))
+    cols = ["bench"] + [c for c in ["part", *COLUMNS] if any(c in r for r in rows)]
+    extra = sorted({k for r in rows for k in r
+                    if k.endswith(("GBps", "tflops", "TFLOPs", "ratio", "speedup", "_vs_sdpa", "fraction"))
                     and k not in cols})
     cols += extra
     widths = [max(len(c), *(len(_cell(r.get(c, ""))) for r in rows)) if rows else len(c) for c in cols]
