@@ -53,6 +53,8 @@ def add_arguments(parser):
     parser.add_argument("--baselines", nargs="*", choices=implementations.BASELINES, default=list(implementations.BASELINES),
                         help="transformers attn_implementation baselines (default: eager sdpa)")
     parser.add_argument("--no-bertfast", action="store_true", help="time the baselines only")
+    parser.add_argument("--optimize", action="store_true",
+                        help="also time transformers' sdpa model patched by bertfast.optimize (hf-sdpa+optimize)")
     parser.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
                         help="also time every implementation under torch.compile (auto: on for CUDA, off on CPU "
                              "where compiling takes minutes)")
@@ -140,7 +142,8 @@ def _rows_for(model_size, task, seq_len, lengths_kind, mode, batches, runnable, 
         rows.append({
             "model": model_size, "task": task, "seq_len": seq_len, "lengths": lengths_label,
             "batch_size": len(batches[0].lengths), "batches": len(batches), "mode": mode, "impl": name,
-            "compiled": impl.compiled, "precision": args.precision, "ms": round(t * 1e3, 2),
+            "compiled": impl.compiled, "uses_bertfast": impl.uses_bertfast, "precision": args.precision,
+            "ms": round(t * 1e3, 2),
             "ms_min": round(times[name]["min_s"] * 1e3, 2), "real_tokens": tokens, "padded_tokens": padded,
             "tokens_per_s": round(tokens / t, 1), "samples_per_s": round(samples / t, 2),
             "peak_mem_MB": None if peaks[name] is None else round(peaks[name] / 2**20, 1),
@@ -149,7 +152,7 @@ def _rows_for(model_size, task, seq_len, lengths_kind, mode, batches, runnable, 
             "samples_s": [round(s, 5) for s in times[name]["samples"]],
         })
     for row in rows:  # bertfast's speedup over each baseline, compiled against compiled
-        if row["impl"].startswith("bertfast"):
+        if row["uses_bertfast"]:
             suffix = "+compile" if row["compiled"] else ""
             for baseline in implementations.BASELINES:
                 other = next((r for r in rows if r["impl"] == f"hf-{baseline}{suffix}"), None)
@@ -180,7 +183,7 @@ def run_benchmark(args):
         for model_size in args.model:
             impls = implementations.make_implementations(
                 model_size, task, args.device, args.baselines, not args.no_bertfast and reason is None,
-                args.compile_modes, args.precision, notes)
+                args.compile_modes, args.precision, notes, with_optimize=args.optimize and not args.no_bertfast)
             if not impls:
                 raise SystemExit("bertfast bench: nothing to time (no baselines and no bertfast model)")
             for seq_len in args.seq_len:
@@ -230,7 +233,7 @@ def main(args):
 
 def _settings(args):
     keys = ("device", "precision", "model", "task", "seq_len", "batch_size", "lengths", "real_batches", "mode",
-            "baselines", "no_bertfast", "compile", "steps", "warmup")
+            "baselines", "no_bertfast", "optimize", "compile", "steps", "warmup")
     return {k: getattr(args, k) for k in keys} | {"command": " ".join(sys.argv)}
 
 

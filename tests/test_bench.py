@@ -60,6 +60,18 @@ def test_baselines_only_and_one_mode(tmp_path):
     assert [(r["impl"], r["mode"], r["lengths"]) for r in rows] == [("hf-sdpa", "inference", "real:rotten_tomatoes")]
 
 
+def test_optimize_rows(tmp_path):
+    path = tmp_path / "b.json"
+    bench.run(TINY + ["--optimize", "--baselines", "sdpa", "--mode", "inference", "--lengths", "full",
+                      "--json", str(path)])
+    payload = json.loads(path.read_text())
+    rows = {r["impl"]: r for r in payload["rows"]}
+    if hasattr(bertfast, "optimize"):
+        assert rows["hf-sdpa+optimize"]["uses_bertfast"] and rows["hf-sdpa+optimize"]["vs_hf_sdpa"] > 0
+    else:
+        assert "hf-sdpa+optimize" not in rows and any("optimize" in n for n in payload["notes"])
+
+
 def test_module_entry_point_help():
     proc = subprocess.run([sys.executable, "-m", "bertfast.bench", "--help"], capture_output=True, text=True,
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

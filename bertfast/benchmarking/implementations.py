@@ -14,7 +14,7 @@ BASELINES = ("eager", "sdpa")
 
 @dataclass
 class Implementation:
-    name: str                    # "bertfast", "hf-sdpa", "hf-eager", + "+compile"
+    name: str                    # "bertfast", "hf-sdpa", "hf-eager", "hf-sdpa+optimize"; + "+compile"
     model: torch.nn.Module       # the module the step calls (compiled or not)
     base: torch.nn.Module        # the nn.Module that owns the parameters
     optimizer: torch.optim.Optimizer
@@ -23,8 +23,8 @@ class Implementation:
     notes: list = field(default_factory=list)
 
     @property
-    def family(self):
-        return self.name.split("+")[0]
+    def uses_bertfast(self):
+        return self.name.startswith("bertfast") or "+optimize" in self.name
 
 
 def hf_config(model_size, task):
@@ -78,7 +78,8 @@ def autocast_context(device, precision):
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
-def make_implementations(model_size, task, device, baselines, with_bertfast, compile_modes, precision, notes):
+def make_implementations(model_size, task, device, baselines, with_bertfast, compile_modes, precision, notes,
+                         with_optimize=False):
     """Implementations sharing one set of random weights. A compiled variant shares the module
     and optimizer of its eager twin (the same parameters, so memory is not doubled)."""
     torch.manual_seed(0)
@@ -95,6 +96,14 @@ def make_implementations(model_size, task, device, baselines, with_bertfast, com
             modules = {"bertfast": build_bertfast(reference, task), **modules}
         except Exception as e:  # a model that exists but cannot take these weights: say so, keep the baselines
             notes.append(f"bertfast model could not be built from transformers' config/weights: {e!r}")
+    if with_optimize:  # transformers' own model with its encoder patched by bertfast.optimize
+        import bertfast
+        if not hasattr(bertfast, "optimize"):
+            notes.append("bertfast.optimize does not exist in this checkout: hf-sdpa+optimize rows skipped")
+        else:
+            model = build_hf(config, task, "sdpa")
+            model.load_state_dict(reference.state_dict())
+            modules["hf-sdpa+optimize"] = bertfast.optimize(model)
     del reference
     impls = []
     for name, module in modules.items():
