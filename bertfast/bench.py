@@ -160,8 +160,10 @@ def _rows_for(model_size, task, seq_len, lengths_kind, mode, batches, runnable, 
     return rows
 
 
-def run_benchmark(args):
-    """Everything `main` does except printing and writing; returns (rows, notes, conditions)."""
+def run_benchmark(args, progress=None):
+    """Everything `main` does except printing and writing; returns (rows, notes, conditions).
+    `progress(rows, notes, conditions)` is called after each workload (partial results survive
+    a run that is cut short)."""
     args = _defaults(args)
     if args.compile_modes[-1]:
         for name in ("recompile_limit", "cache_size_limit"):  # real-length batches have several shapes
@@ -197,6 +199,8 @@ def run_benchmark(args):
                         runnable, times, peaks = _measure(impls, batches, args, mode, notes, label)
                         rows += _rows_for(model_size, task, seq_len, lengths_kind, mode, batches, runnable, times,
                                           peaks, args, gemm_flops)
+                        if progress:
+                            progress(rows, notes, conditions)
             del impls
             gc.collect()
             if args.device.startswith("cuda"):
@@ -208,8 +212,12 @@ def main(args):
     threads = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
+    def save_partial(rows, notes, conditions):
+        if args.json:
+            output.write_json(args.json, {"conditions": conditions, "settings": _settings(args), "notes": notes,
+                                          "rows": rows, "complete": False})
     try:
-        rows, notes, conditions = run_benchmark(args)
+        rows, notes, conditions = run_benchmark(args, save_partial)
     finally:
         torch.set_num_threads(threads)
     print()
@@ -217,7 +225,7 @@ def main(args):
     print(output.format_table(rows))
     for note in notes:
         print(f"note: {note}")
-    payload = {"conditions": conditions, "settings": _settings(args), "notes": notes, "rows": rows}
+    payload = {"conditions": conditions, "settings": _settings(args), "notes": notes, "rows": rows, "complete": True}
     if args.json:
         output.write_json(args.json, payload)
     if args.csv:

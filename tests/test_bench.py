@@ -42,7 +42,7 @@ def test_bench_runs_end_to_end_and_writes_every_row(tmp_path, capsys):
             assert r["vs_hf_eager"] > 0 and r["vs_hf_sdpa"] > 0
     for key in ("device", "torch", "cuda", "commit", "date"):
         assert key in payload["conditions"]
-    assert payload["settings"]["model"] == ["tiny"]
+    assert payload["settings"]["model"] == ["tiny"] and payload["complete"]
     if "bertfast" not in {r["impl"] for r in rows}:
         assert any("bertfast" in n for n in payload["notes"])
     with open(csv_path, newline="") as f:
