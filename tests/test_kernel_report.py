@@ -134,3 +134,9 @@ def test_kernel_report_runs_on_add_layer_norm(tmp_path):
     assert "add_layer_norm_fwd_kernel<bf16,bf16,8,2,256>" in names
     assert all(r["registers"] for r in payload["rows"])
     assert any(r["hot"] and r["requires"] == {"LDG.128": True} for r in payload["rows"])
+
+
+def test_missing_nvcc_is_a_clear_skip(monkeypatch, capsys):
+    monkeypatch.setattr(toolchain, "find_nvcc", lambda: None)
+    assert report.main([]) == 2
+    assert "nvcc not found" in capsys.readouterr().err
