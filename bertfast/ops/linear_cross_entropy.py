@@ -143,10 +143,9 @@ def _chunk_loop(hidden, weight, bias, labels, ignore_index, label_smoothing, chu
                 grad_weight += torch.mm(logits.t(), h)
         if want_bias:
             grad_bias += logits.sum(0, dtype=torch.float32)
-    if grad_weight is not None:
-        grad_weight = grad_weight.to(weight.dtype)
-    if grad_bias is not None:
-        grad_bias = grad_bias.to(weight.dtype)
+    if not forward:  # the forward's parameter gradients stay float32 until scaled in backward
+        grad_weight = grad_weight.to(weight.dtype) if grad_weight is not None else None
+        grad_bias = grad_bias.to(weight.dtype) if grad_bias is not None else None
     grads = (grad_hidden, grad_weight, grad_bias)
     return ((loss, lse) if forward else ()) + grads
 
@@ -157,8 +156,8 @@ def _chunk_loop(hidden, weight, bias, labels, ignore_index, label_smoothing, chu
 def _linear_cross_entropy_sum(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], labels: Tensor,
                               ignore_index: int, label_smoothing: float, chunk_size: int, want_grad_hidden: bool,
                               want_grad_weight: bool, want_grad_bias: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """sum over rows of the loss (float32 scalar) and its gradients for hidden, weight and
-    bias (empty where not wanted)."""
+    """sum over rows of the loss (float32 scalar) and its gradients for hidden (hidden's
+    dtype), weight and bias (float32 until backward scales them; empty where not wanted)."""
     loss, _, gh, gw, gb = _chunk_loop(hidden, weight, bias, labels, ignore_index, label_smoothing, chunk_size,
                                       want_grad_hidden, want_grad_weight, want_grad_bias)
     return (loss.sum(), gh if gh is not None else _empty(hidden), gw if gw is not None else _empty(weight),
@@ -170,8 +169,8 @@ def _(hidden, weight, bias, labels, ignore_index, label_smoothing, chunk_size, w
       want_grad_bias):
     loss = hidden.new_empty((), dtype=torch.float32)
     gh = torch.empty_like(hidden, memory_format=torch.contiguous_format) if want_grad_hidden else _empty(hidden)
-    gw = torch.empty_like(weight, memory_format=torch.contiguous_format) if want_grad_weight else _empty(weight)
-    gb = weight.new_empty((weight.shape[0],)) if want_grad_bias else _empty(weight)
+    gw = weight.new_empty(weight.shape, dtype=torch.float32) if want_grad_weight else _empty(weight)
+    gb = weight.new_empty((weight.shape[0],), dtype=torch.float32) if want_grad_bias else _empty(weight)
     return loss, gh, gw, gb
 
 
@@ -179,14 +178,14 @@ def _sum_setup_context(ctx, inputs, output):
     _, gh, gw, gb = output
     ctx.save_for_backward(gh, gw, gb)
     ctx.wanted = inputs[7:10]
+    ctx.dtype = inputs[0].dtype
 
 
 def _sum_backward(ctx, grad_total, _gh, _gw, _gb):
-    saved = ctx.saved_tensors
     grads = [None, None, None]
-    for i, (input_index, grad) in enumerate(zip((0, 1, 2), saved)):
-        if ctx.wanted[i] and ctx.needs_input_grad[input_index]:
-            grads[i] = grad * grad_total.to(grad.dtype)
+    for i, grad in enumerate(ctx.saved_tensors):
+        if ctx.wanted[i] and ctx.needs_input_grad[i]:  # scaled in float32, rounded once
+            grads[i] = (grad.float() * grad_total).to(ctx.dtype)
     return grads[0], grads[1], grads[2], None, None, None, None, None, None, None
 
 
