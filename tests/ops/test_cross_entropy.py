@@ -121,6 +121,28 @@ def test_extreme_shapes(device, rows, classes):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("classes", [37, 3001])
+def test_logits_not_on_a_16_byte_boundary(device, dtype, classes):
+    """Rows starting anywhere: a scalar head before the 16-byte packs, and (gradient in a
+    fresh, aligned buffer) the elementwise fallback."""
+    rows = 6
+    flat = make_logits(1, rows * classes + 1, dtype, device, 8).view(-1)
+    labels = make_labels(rows, classes, "some", device, 8)
+    ref_x = flat[1:].view(rows, classes).float().requires_grad_()
+    ref_loss = torch.nn.functional.cross_entropy(ref_x, labels, label_smoothing=0.1)
+    ref_loss.backward()
+    for inplace in (False, True):
+        x = flat.clone()[1:].view(rows, classes).requires_grad_()  # contiguous, one element past a boundary
+        assert x.data_ptr() % 16 != 0
+        loss = softmax_cross_entropy(x, labels, label_smoothing=0.1, inplace_backward=inplace)
+        (grad,) = torch.autograd.grad(loss, x)
+        torch.testing.assert_close(loss, ref_loss.detach(), rtol=1e-5, atol=1e-6)
+        tol = dict(rtol=1e-5, atol=1e-7) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-5)
+        torch.testing.assert_close(grad.float(), ref_x.grad, **tol)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_empty_batch_behaves_like_torch(device):
     logits = torch.randn(0, 5, device=device)
     labels = torch.zeros(0, dtype=torch.int64, device=device)
@@ -166,6 +188,23 @@ def test_labels_out_of_range_raise_value_error_on_cpu():
             softmax_cross_entropy(logits, labels)
     with pytest.raises(ValueError, match="labels"):
         linear_cross_entropy(torch.randn(4, 8), torch.randn(10, 8), torch.tensor([0, 1, 10, 2]))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_labels_out_of_range_fail_a_device_assert_on_cuda():
+    """No synchronisation in the op: the device-side assert surfaces at the next sync (in a
+    subprocess, since it leaves the CUDA context unusable)."""
+    import subprocess
+    import sys
+    code = ("import torch, bertfast.ops as o\n"
+            "x = torch.randn(4, 1000, device='cuda'); y = torch.tensor([1, 1000, 2, -100], device='cuda')\n"
+            "loss = o.softmax_cross_entropy(x, y)\n"
+            "torch.cuda.synchronize()\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert "device-side assert" in out.stderr
+    assert "softmax_cross_entropy: a label is outside [0, classes)" in out.stderr + out.stdout
 
 
 def test_bad_arguments_name_the_argument():
@@ -336,12 +375,13 @@ def test_opcheck():
 
 
 @pytest.mark.slow
-def test_torch_compile_fullgraph():
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_compile_fullgraph(device):
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(12, 101, generator=g) * 3
-    y = make_labels(12, 101, "some", "cpu", 1)
-    h = torch.randn(12, 16, generator=g)
-    w = torch.randn(101, 16, generator=g) * 0.3
+    x = (torch.randn(12, 101, generator=g) * 3).to(device)
+    y = make_labels(12, 101, "some", device, 1)
+    h = torch.randn(12, 16, generator=g).to(device)
+    w = (torch.randn(101, 16, generator=g) * 0.3).to(device)
 
     def head(x, h, w, y):
         a = softmax_cross_entropy(x, y, label_smoothing=0.1)
