@@ -50,3 +50,30 @@ def add_layer_norm(x, residual, weight, bias, eps=1e-12, *, x_bias=None, dropout
     if dropout_p > 0:
         h = h * keep_mask.to(h.dtype) / (1.0 - dropout_p)
     return F.layer_norm(residual + h, (x.shape[-1],), weight, bias, eps)
+
+
+def softmax_cross_entropy(logits, labels, *, ignore_index=-100, label_smoothing=0.0, reduction="mean"):
+    """F.cross_entropy over (rows, classes) logits, computed in the logits' dtype."""
+    return F.cross_entropy(logits, labels, ignore_index=ignore_index, label_smoothing=label_smoothing,
+                           reduction=reduction)
+
+
+def linear_cross_entropy(hidden, weight, labels, *, bias=None, ignore_index=-100, label_smoothing=0.0,
+                         reduction="mean"):
+    """The unfused masked-LM head: cross-entropy of F.linear(hidden, weight, bias)."""
+    return F.cross_entropy(F.linear(hidden, weight, bias), labels, ignore_index=ignore_index,
+                           label_smoothing=label_smoothing, reduction=reduction)
+
+
+def span_loss(start_logits, end_logits, start_positions, end_positions):
+    """transformers' BertForQuestionAnswering loss: positions clamped to [0, seq_len], position
+    seq_len ignored, mean of the start and end cross-entropies."""
+    if start_positions.dim() > 1:
+        start_positions = start_positions.squeeze(-1)
+    if end_positions.dim() > 1:
+        end_positions = end_positions.squeeze(-1)
+    ignored_index = start_logits.size(1)
+    start_positions = start_positions.clamp(0, ignored_index)
+    end_positions = end_positions.clamp(0, ignored_index)
+    loss_fct = torch.nn.CrossEntropyLoss(ignore_index=ignored_index)
+    return (loss_fct(start_logits, start_positions) + loss_fct(end_logits, end_positions)) / 2

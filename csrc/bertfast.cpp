@@ -33,5 +33,20 @@ TORCH_LIBRARY(bertfast, m) {
       "add_layer_norm_bwd(Tensor grad_out, Tensor x, Tensor residual, Tensor weight, Tensor? x_bias, "
       "Tensor mean, Tensor rstd, Tensor? seed, float dropout_p, bool want_grad_x_bias) -> "
       "(Tensor grad_residual, Tensor grad_x, Tensor grad_weight, Tensor grad_bias, Tensor grad_x_bias)");
-}
 
+  // softmax + cross-entropy per row of logits (rows, classes) with int64 labels (rows,):
+  // loss (rows,) float32 (0 where the label is ignore_index) and the row log-sum-exp.
+  // inplace_backward only tells autograd to write the gradient over the logits.
+  m.def("softmax_cross_entropy_fwd(Tensor logits, Tensor labels, int ignore_index, float label_smoothing, "
+        "bool inplace_backward) -> (Tensor loss, Tensor lse)");
+  // Gradient of the logits, (softmax - smoothed one-hot) * grad_loss per row, from the saved lse.
+  m.def("softmax_cross_entropy_bwd(Tensor grad_loss, Tensor logits, Tensor labels, Tensor lse, int ignore_index, "
+        "float label_smoothing) -> Tensor");
+  // The same gradient written over the (contiguous) logits: no second (rows, classes) buffer.
+  m.def("softmax_cross_entropy_bwd_(Tensor grad_loss, Tensor(a!) logits, Tensor labels, Tensor lse, "
+        "int ignore_index, float label_smoothing) -> ()");
+  // Forward and backward at once: loss and lse, and the gradient of sum(loss) written over the
+  // logits (the chunks of linear_cross_entropy).
+  m.def("softmax_cross_entropy_fwd_bwd_(Tensor(a!) logits, Tensor labels, int ignore_index, "
+        "float label_smoothing) -> (Tensor loss, Tensor lse)");
+}
