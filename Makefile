@@ -44,9 +44,10 @@ bench-e2e: setup
 
 # Registers, shared memory, spills and key SASS instructions of the CUDA kernels (no GPU needed;
 # skipped without nvcc). Fails when a hot kernel spills or lost its tensor-core / 128-bit loads.
-kernel-report: build
+# (tools/kernel_report.py: the same as `python -m bertfast.kernel_report`, without needing the build)
+kernel-report: $(VENV)/.deps-installed
 	@if [ -x "$(CUDA_HOME)/bin/nvcc" ] || command -v nvcc >/dev/null; then \
-		$(PY) -m bertfast.kernel_report --json out/kernel_report.json; \
+		$(PY) tools/kernel_report.py --json out/kernel_report.json; \
 	else echo "kernel-report: nvcc not found, skipped"; fi
 
 clean:

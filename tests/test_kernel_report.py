@@ -69,6 +69,8 @@ def test_expectations_table():
     assert expectations.expectation_for("add_layer_norm_bwd_kernel<f32,f32,4,4,512>").hot
     assert expectations.expectation_for("flash_attention_fwd_kernel<bf16,64>").requires == (expectations.TENSOR_CORE_MMA,)
     assert not expectations.expectation_for("some_new_kernel").hot
+    assert not expectations.expectation_for("cross_entropy_kernel<bf16,1,32,0>").hot  # elementwise fallback
+    assert expectations.expectation_for("cross_entropy_kernel<bf16,8,256,2>").requires == (expectations.LOAD_128,)
 
 
 def test_report_on_captured_output_passes():
@@ -134,6 +136,13 @@ def test_kernel_report_runs_on_add_layer_norm(tmp_path):
     assert "add_layer_norm_fwd_kernel<bf16,bf16,8,2,256>" in names
     assert all(r["registers"] for r in payload["rows"])
     assert any(r["hot"] and r["requires"] == {"LDG.128": True} for r in payload["rows"])
+
+
+def test_stand_alone_script_needs_no_build():
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, os.path.join(repo, "tools", "kernel_report.py"), "--help"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and "--arch" in proc.stdout
 
 
 def test_missing_nvcc_is_a_clear_skip(monkeypatch, capsys):

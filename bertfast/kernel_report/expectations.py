@@ -42,7 +42,12 @@ EXPECTATIONS = [
     Expectation(r"(attention|attn|fmha|flash)\w*(preprocess|postprocess|convert|reduce|sum|zero|dot)", hot=False,
                 note="attention helper"),
     Expectation(r"attention|attn|fmha|flash", hot=True, requires=(TENSOR_CORE_MMA,)),
-    # cross-entropy: row-wise softmax over the vocabulary, bandwidth-bound: 16-byte loads.
+    # cross-entropy: cross_entropy_kernel<T, VEC, GROUP, MODE>, a row-wise online softmax over the
+    # vocabulary, bandwidth-bound: 16-byte packs. VEC == 1 is the elementwise fallback for
+    # logits and gradient at different offsets from a 16-byte boundary (never for torch's own
+    # allocations); check_labels_kernel only validates the labels.
+    Expectation(r"^cross_entropy_kernel<[^,<>]+,1,", hot=False, note="elementwise fallback path (misaligned)"),
+    Expectation(r"^check_labels_kernel", hot=False, note="label validation"),
     Expectation(r"cross_entropy|xent|softmax", hot=True, requires=(LOAD_128,)),
 ]
 
