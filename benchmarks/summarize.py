@@ -50,16 +50,20 @@ def main(folder):
             rows.append({"bench": os.path.basename(path)[6:-5], **row})
     if conditions:
         print(" | ".join(f"{k}: {v}" for k, v in conditions.items()))
+    rows = [r for r in rows if any(_worth_showing(k) for k in r)]
     cols = ["bench"] + [c for c in ["part", *COLUMNS] if any(c in r for r in rows)]
-    extra = sorted({k for r in rows for k in r
-                    if k.endswith(("GBps", "tflops", "TFLOPs", "ratio", "speedup", "_vs_sdpa", "fraction"))
-                    and k not in cols})
-    cols += extra
+    cols += sorted({k for r in rows for k in r if _worth_showing(k) and k not in cols})
     widths = [max(len(c), *(len(_cell(r.get(c, ""))) for r in rows)) if rows else len(c) for c in cols]
     print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
     for r in rows:
         print("  ".join(_cell(r.get(c, "")).ljust(w) for c, w in zip(cols, widths)))
     return rows
+
+
+def _worth_showing(key):
+    """A measurement a reader compares: ratios to the baseline, bandwidth, FLOP/s."""
+    return key in COLUMNS[4:] or key.endswith(("GBps", "tflops", "TFLOPs", "ratio", "speedup", "_vs_sdpa",
+                                                 "fraction"))
 
 
 def _cell(value):
