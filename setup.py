@@ -94,22 +94,26 @@ def make_extension():
                   "-Xptxas=-warn-spills"]
     if os.environ.get("NVCC_THREADS"):
         nvcc_flags.append(f"--threads={os.environ['NVCC_THREADS']}")
+    # The wheels' headers go *after* the toolkit's (-idirafter): they fill in what a bare
+    # toolkit lacks without shadowing its cuda_runtime.h. Kernel .cu files need neither.
+    wheel_includes = [f for d in _nvidia_wheel_include_dirs() for f in ("-idirafter", d)]
     return cpp_extension.CUDAExtension(
         "bertfast._C", cpp_sources + cuda_sources,
-        extra_compile_args={"cxx": cxx_flags + ["-DBERTFAST_WITH_CUDA"],
+        extra_compile_args={"cxx": cxx_flags + wheel_includes + ["-DBERTFAST_WITH_CUDA"],
                             "nvcc": nvcc_flags + ["-DBERTFAST_WITH_CUDA"]},
-        include_dirs=_nvidia_wheel_include_dirs(), define_macros=defines, py_limited_api=True,
+        define_macros=defines, py_limited_api=True,
     )
 
 
 def main():
+    extension = make_extension()  # first: it sets CUDA_HOME, which cpp_extension reads on import
     from torch.utils.cpp_extension import BuildExtension
 
     if shutil.which("ninja") is None:
         _log("ninja not found: the build will be serial and slow (pip install ninja)")
     setup(
         packages=find_packages(include=["bertfast", "bertfast.*"]),
-        ext_modules=[make_extension()],
+        ext_modules=[extension],
         # MAX_JOBS bounds ninja's parallel jobs (torch reads it).
         cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
         options={"bdist_wheel": {"py_limited_api": "cp39"}},
