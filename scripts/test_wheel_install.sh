@@ -15,11 +15,13 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-"$PYTHON" -m venv "$work/venv"
+# --without-pip: the venv's own (old, bundled) setuptools would shadow the borrowed one that
+# torch requires; PYTHON's pip installs into it instead (pip --python).
+"$PYTHON" -m venv --without-pip "$work/venv"
 torch_site=$("$PYTHON" -c 'import os, torch; print(os.path.dirname(os.path.dirname(torch.__file__)))')
 venv_site=$("$work/venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 echo "$torch_site" > "$venv_site/borrowed_torch.pth"
-"$work/venv/bin/python" -m pip install --quiet --no-index "$WHEEL"
+"$PYTHON" -m pip --python "$work/venv/bin/python" install --quiet --no-index "$WHEEL"
 cd "$work"
 "$work/venv/bin/python" "$repo/scripts/smoke_test_wheel.py" \
     --declared-from "$repo/csrc/bertfast.cpp" --not-under "$repo"

@@ -54,6 +54,9 @@ def test_torch_requirement_pins_the_minor_release_built_against():
     assert Version("2.14.1") in allowed and Version("2.14.3") in allowed
     assert Version("2.14.0") not in allowed and Version("2.15.0") not in allowed
     assert allowed.contains("2.14.1+cu130")  # PyTorch's own CUDA builds carry a local tag
+    nightly = setup_py.torch_requirement("2.15.0.dev20260101+cu130")
+    assert nightly == "torch>=2.15.0.dev20260101,<2.16"
+    assert SpecifierSet(nightly.removeprefix("torch")).contains("2.15.0.dev20260101+cu130")
 
 
 def test_declared_ops_are_the_registered_ops():
