@@ -20,7 +20,9 @@ export MAX_JOBS=${MAX_JOBS:-$(sh scripts/max_jobs.sh)}
 export PIP_NO_INDEX=1
 
 log() { echo "[build_wheel] $*" >&2; }
-log "torch $("$PYTHON" -c 'import torch; print(torch.__version__)'), TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST, MAX_JOBS=$MAX_JOBS${BERTFAST_FORCE_CPU:+, BERTFAST_FORCE_CPU=$BERTFAST_FORCE_CPU}"
+if [ "${BERTFAST_FORCE_CPU:-0}" != 0 ]; then what="CPU-only (BERTFAST_FORCE_CPU=$BERTFAST_FORCE_CPU)"
+else what="TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST"; fi
+log "torch $("$PYTHON" -c 'import torch; print(torch.__version__)'), $what, MAX_JOBS=$MAX_JOBS"
 
 # Stale files in build/lib from another build would slip into the wheel; the object files in
 # build/temp.* are kept, so ninja recompiles only what changed (seconds after `make build`
