@@ -93,6 +93,9 @@ def build_info():
     return {"torch": torch_version, "cuda": cuda_version or None, "archs": arch_list or None}
 
 
+# torch.compile evaluates functions marked assume_constant_result once while tracing, instead
+# of tracing into them (a custom op returning str[] would break a fullgraph compile).
+@torch.compiler.assume_constant_result
 def has_cuda_kernels():
     return build_info()["cuda"] is not None
 
@@ -132,10 +135,21 @@ def arch_runs_on(capability, arch_list):
     return False
 
 
-@functools.lru_cache(maxsize=None)
+_arch_problems = {}  # device index -> _cuda_arch_problem's answer
+
+
+@torch.compiler.assume_constant_result
 def _cuda_arch_problem(device_index):
-    """Why this build's CUDA kernels cannot run on GPU `device_index`, or None (cached: the
-    answer does not change while the process lives)."""
+    """Why this build's CUDA kernels cannot run on GPU `device_index` (None: the current one),
+    or None. Cached per device: the answer does not change while the process lives."""
+    if device_index is None:
+        device_index = torch.cuda.current_device()
+    if device_index not in _arch_problems:
+        _arch_problems[device_index] = _describe_arch_problem(device_index)
+    return _arch_problems[device_index]
+
+
+def _describe_arch_problem(device_index):
     archs = build_info()["archs"]
     capability = tuple(torch.cuda.get_device_capability(device_index))
     if arch_runs_on(capability, archs) is not False:
@@ -159,8 +173,7 @@ def check_device(tensor, op_name):
                 f"(built with BERTFAST_FORCE_CPU, without nvcc, or against a CPU-only torch). "
                 "Rebuild with a CUDA build of torch and nvcc available: `pip install --no-build-isolation -e .`."
             )
-        index = tensor.device.index if tensor.device.index is not None else torch.cuda.current_device()
-        problem = _cuda_arch_problem(index)
+        problem = _cuda_arch_problem(tensor.device.index)
         if problem:
             raise RuntimeError(f"{op_name}: {problem}")
     if tensor.device.type not in ("cpu", "cuda", "meta"):

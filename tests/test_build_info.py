@@ -153,14 +153,14 @@ def _fake_gpu(monkeypatch, archs, capability, name="Tesla T4"):
 
     monkeypatch.setattr(torch.cuda, "get_device_capability", get_capability)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: name)
-    _library._cuda_arch_problem.cache_clear()
+    _library._arch_problems.clear()
     return calls
 
 
 @pytest.fixture(autouse=True)
 def _clear_arch_cache():
     yield
-    _library._cuda_arch_problem.cache_clear()
+    _library._arch_problems.clear()
 
 
 def test_missing_arch_message(monkeypatch):
@@ -179,6 +179,21 @@ def test_supported_arch_passes_and_is_checked_once_per_device(monkeypatch):
     for _ in range(3):
         _library.check_device(types.SimpleNamespace(device=torch.device("cuda", 1)), "add_layer_norm")
     assert calls == [1]
+
+
+def test_device_checks_trace_under_torch_compile(monkeypatch):
+    """Every op wrapper calls check_device; with a CUDA tensor under torch.compile(fullgraph=True)
+    it must not break the graph (the build facts are compile-time constants)."""
+    _fake_gpu(monkeypatch, "8.0;9.0", (9, 0), name="NVIDIA H100")
+    cuda_tensor = types.SimpleNamespace(device=torch.device("cuda", 0))
+    torch._dynamo.reset()
+
+    @torch.compile(fullgraph=True, backend="eager")
+    def checked_add_one(x):
+        _library.check_device(cuda_tensor, "add_layer_norm")
+        return x + 1
+
+    assert torch.equal(checked_add_one(torch.ones(3)), torch.full((3,), 2.0))
 
 
 def test_cuda_tensor_on_cpu_build(monkeypatch):
