@@ -57,4 +57,4 @@ wheel-cpu: $(VENV)/.wheel-deps-installed
 	PYTHON=$(PY) BERTFAST_FORCE_CPU=1 WHEEL_DIR="$(WHEEL_DIR)" scripts/build_wheel.sh
 
 clean:
-	rm -rf build dist wheelhouse bertfast/*.so csrc/build_info.h bertfast/_build_info.py
+	rm -rf build bertfast/*.so csrc/build_info.h bertfast/_build_info.py
