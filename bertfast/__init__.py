@@ -1,7 +1,8 @@
 """bertfast: fused CPU and CUDA kernels and a thin, fast BERT for fine-tuning and training."""
 from . import ops, reference
+from ._info import info
 from ._library import build_info, has_cuda_kernels
 
 __version__ = "0.1.0"
 
-__all__ = ["ops", "reference", "build_info", "has_cuda_kernels", "__version__"]
+__all__ = ["ops", "reference", "build_info", "has_cuda_kernels", "info", "__version__"]

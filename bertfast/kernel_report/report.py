@@ -102,8 +102,8 @@ def main(argv=None):
         return 2
     archs = args.arch or ["80", "90"]
     print(f"compiling {len(sources)} sources x {len(archs)} archs with {nvcc} ({args.jobs} jobs)", flush=True)
-    include_dirs = [*args.include, *toolchain.wheel_include_dirs()]
-    compiled = toolchain.compile_all(sources, archs, csrc, args.build_dir, args.jobs, nvcc, cuobjdump, include_dirs)
+    # like setup.py: the kernel files need only csrc and the toolkit's headers
+    compiled = toolchain.compile_all(sources, archs, csrc, args.build_dir, args.jobs, nvcc, cuobjdump, args.include)
     rows = analyse(compiled)
     ok = print_report(rows, compiled)
     if args.json:

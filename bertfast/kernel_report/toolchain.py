@@ -18,15 +18,6 @@ _INCLUDE = re.compile(r'^\s*#\s*include\s*([<"])([^>"]+)[>"]', re.M)
 _TORCH_HEADERS = ("torch/", "ATen/", "c10/", "caffe2/", "pybind11/", "Python.h")
 
 
-def wheel_include_dirs():
-    """Headers of the nvidia-* pip wheels (site-packages/nvidia/*/include), as setup.py adds them."""
-    dirs = []
-    for site in sys.path:
-        if site and os.path.isdir(site):
-            dirs += glob.glob(os.path.join(site, "nvidia", "*", "include"))
-    return sorted({d for d in dirs if os.path.isdir(d)})
-
-
 def find_nvcc():
     for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
         if home and os.path.isfile(os.path.join(home, "bin", "nvcc")):
