@@ -70,7 +70,7 @@ def attention(q, k, v, *, key_padding_mask=None, attn_bias=None, dropout_p=0.0, 
     probs = e / torch.where(total > 0, total, torch.ones_like(total))
     if dropout_p > 0:
         probs = probs * keep_mask.to(probs.dtype) / (1.0 - dropout_p)
-    return torch.einsum("bhij,bjhd->bihd", probs, v)
+    return torch.einsum("bhij,bjhd->bihd", probs.to(v.dtype), v)  # a float32 bias promotes the scores
 
 
 def attention_varlen(q, k, v, cu_seqlens, max_seqlen, *, dropout_p=0.0, scale=None, keep_mask=None):
@@ -82,6 +82,8 @@ def attention_varlen(q, k, v, cu_seqlens, max_seqlen, *, dropout_p=0.0, scale=No
     bounds = cu_seqlens.tolist()
     for b in range(len(bounds) - 1):
         s, e = bounds[b], bounds[b + 1]
+        if e == s:
+            continue
         keep = None if keep_mask is None else keep_mask[b : b + 1, :, : e - s, : e - s]
         outs.append(attention(q[None, s:e], k[None, s:e], v[None, s:e], dropout_p=dropout_p, scale=scale,
                               keep_mask=keep)[0])
