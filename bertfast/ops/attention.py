@@ -66,14 +66,17 @@ def _check_qkv(q, k, v, rank, layout, op_name):
         raise ValueError(f"{op_name}: head_dim must be a multiple of 8 between 8 and 128, got {head_dim}")
     check_same_device({"q": q, "k": k, "v": v}, op_name)
     check_device(q, op_name)
+    if q.device.type == "cuda" and q.dtype == torch.float32:
+        raise TypeError(f"{op_name}: the CUDA kernels take float16 or bfloat16 q, k, v, got float32; cast them "
+                        "(or run under torch.autocast(device_type='cuda', dtype=torch.bfloat16))")
 
 
 def attention(q, k, v, *, key_padding_mask=None, attn_bias=None, dropout_p=0.0, scale=None, deterministic=None):
     """Fused multi-head attention on (batch, seq, heads, head_dim) tensors.
 
     Args:
-        q: (batch, seq_q, heads, head_dim); k, v: (batch, seq_k, heads, head_dim). float32,
-            bfloat16 (CPU and CUDA) or float16 (CUDA; CPU works, accumulating in float32).
+        q: (batch, seq_q, heads, head_dim); k, v: (batch, seq_k, heads, head_dim). CPU: float32
+            or bfloat16 (float16 works too); CUDA: float16 or bfloat16 (float32 raises a TypeError).
             head_dim: a multiple of 8 up to 128 (32, 64, 128 are the fast ones on CUDA).
         key_padding_mask: optional bool (batch, seq_k), True where a key may be attended
             (the Hugging Face attention_mask).

@@ -13,7 +13,7 @@
 // CPU backward is always deterministic.
 //
 // Masked keys are skipped, not computed: each sequence's attendable keys form a list, and a
-// tile of that list is gathered (or read in place when it is a contiguous run of float32 rows).
+// tile of that list is gathered into a contiguous float32 buffer.
 #pragma once
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
@@ -46,8 +46,6 @@ struct SequenceView {
   const int32_t* keys = nullptr;       // attendable keys (positions in the sequence); nullptr: all
   int64_t n_keys = 0;
   int64_t key_at(int64_t r) const { return keys ? keys[r] : r; }
-  // True when list entries r0 .. r0+n-1 are consecutive key positions.
-  bool keys_contiguous(int64_t r0, int64_t n) const { return !keys || keys[r0 + n - 1] - keys[r0] == n - 1; }
 };
 
 // The per-sequence views of a problem, with the key lists of a padding mask.
@@ -127,16 +125,12 @@ inline void store_row_as(const float* src, T* dst, int64_t n) {
 }
 
 // rows x D rows of sequence b, head h, positions pos(r), as contiguous float32 in `buf`;
-// returns the rows and their stride, reading float32 rows in place when they are contiguous.
+// returns the rows and their stride. Always a copy, also for float32: rows of a
+// (tokens, heads, dim) tensor sit heads*dim*4 bytes apart (3 KiB for BERT-base), a stride
+// that maps a tile's rows onto a few L1 sets, and the GEMM would thrash on them.
 template <typename T, typename Pos>
 inline const float* gather_rows(const AttentionTensor& t, int64_t b, int64_t token0, int64_t h, int64_t rows,
-                                int64_t D, bool contiguous, Pos pos, float* buf, int64_t& ld) {
-  if constexpr (std::is_same_v<T, float>) {
-    if (contiguous) {
-      ld = t.token_stride;
-      return row_ptr<float>(t, b, token0 + pos(0), h);
-    }
-  }
+                                int64_t D, Pos pos, float* buf, int64_t& ld) {
   for (int64_t r = 0; r < rows; ++r) load_row(row_ptr<T>(t, b, token0 + pos(r), h), buf + r * D, D);
   ld = D;
   return buf;
@@ -224,11 +218,10 @@ void fwd_query_tile(const AttentionFwdArgs& a, const SequenceView& seq, int64_t 
   float* S = w.s.data();
   for (int64_t r0 = 0; r0 < seq.n_keys; r0 += kKeyTile) {
     const int64_t bk = std::min(kKeyTile, seq.n_keys - r0);
-    const bool contiguous = seq.keys_contiguous(r0, bk);
     auto pos = [&](int64_t r) { return seq.key_at(r0 + r); };
     int64_t ldk, ldv;
-    const float* K = gather_rows<T>(a.k, b, seq.k_token0, h, bk, D, contiguous, pos, w.k.data(), ldk);
-    const float* V = gather_rows<T>(a.v, b, seq.k_token0, h, bk, D, contiguous, pos, w.v.data(), ldv);
+    const float* K = gather_rows<T>(a.k, b, seq.k_token0, h, bk, D, pos, w.k.data(), ldk);
+    const float* V = gather_rows<T>(a.v, b, seq.k_token0, h, bk, D, pos, w.v.data(), ldv);
     small_gemm(bk, bq_pad, D, K, ldk, 1, w.qt.data(), bq_pad, S, bq_pad, false);
     if (p.bias) {
       for (int64_t r = 0; r < bk; ++r)
@@ -310,8 +303,8 @@ void bwd_sequence_head(const AttentionBwdArgs& a, const SequenceView& seq, int64
   pack_transposed<T>(a.grad_out, b, seq.q_token0, h, Lq, Lq_pad, D, 1.0f, w.dot.data(), w.row.data());
   int64_t ldq, lddo;
   auto same = [](int64_t i) { return i; };
-  const float* Q = gather_rows<T>(a.q, b, seq.q_token0, h, Lq, D, true, same, w.q.data(), ldq);
-  const float* dO = gather_rows<T>(a.grad_out, b, seq.q_token0, h, Lq, D, true, same, w.dout.data(), lddo);
+  const float* Q = gather_rows<T>(a.q, b, seq.q_token0, h, Lq, D, same, w.q.data(), ldq);
+  const float* dO = gather_rows<T>(a.grad_out, b, seq.q_token0, h, Lq, D, same, w.dout.data(), lddo);
   const float* lse_src = a.lse + h * p.total_q + seq.lse_row0;
   for (int64_t i = 0; i < Lq_pad; ++i) {
     w.lse[i] = i < Lq ? lse_src[i] : kInf;
@@ -329,11 +322,10 @@ void bwd_sequence_head(const AttentionBwdArgs& a, const SequenceView& seq, int64
   float *S = w.s.data(), *dP = w.dp.data(), *Z = w.z.data();
   for (int64_t r0 = 0; r0 < seq.n_keys; r0 += kKeyTile) {
     const int64_t bk = std::min(kKeyTile, seq.n_keys - r0);
-    const bool contiguous = seq.keys_contiguous(r0, bk);
     auto pos = [&](int64_t r) { return seq.key_at(r0 + r); };
     int64_t ldk, ldv;
-    const float* K = gather_rows<T>(a.k, b, seq.k_token0, h, bk, D, contiguous, pos, w.k.data(), ldk);
-    const float* V = gather_rows<T>(a.v, b, seq.k_token0, h, bk, D, contiguous, pos, w.v.data(), ldv);
+    const float* K = gather_rows<T>(a.k, b, seq.k_token0, h, bk, D, pos, w.k.data(), ldk);
+    const float* V = gather_rows<T>(a.v, b, seq.k_token0, h, bk, D, pos, w.v.data(), ldv);
     std::fill(w.dk.begin(), w.dk.begin() + bk * D, 0.0f);
     std::fill(w.dv.begin(), w.dv.begin() + bk * D, 0.0f);
     for (int64_t i0 = 0; i0 < Lq; i0 += kQueryTile) {
