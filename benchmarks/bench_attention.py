@@ -22,23 +22,34 @@ import torch.nn.functional as F
 from bertfast.ops import attention, attention_varlen
 
 
-def timed(fn, device, reps, warmup=3):
-    for _ in range(warmup):
+def _time_once(fn, device):
+    if device == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
         fn()
-    times = []
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) / 1e3
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def timed_together(fns, device, reps, warmup=3):
+    """Median seconds of each function, timed round-robin (one run of each per round) so that
+    a machine whose load changes during the run slows every contender alike."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    times = [[] for _ in fns]
     for _ in range(reps):
-        if device == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for i, fn in enumerate(fns):
+            times[i].append(_time_once(fn, device))
+    return [statistics.median(t) for t in times]
+
+
+def timed(fn, device, reps, warmup=3):
+    return timed_together([fn], device, reps, warmup)[0]
 
 
 def make_batch(batch, seq, heads, dim, dtype, device, lengths=None, seed=0):
@@ -74,15 +85,17 @@ def bench_padded_and_varlen(batch, seq, heads, dim, dtype, device, reps):
     q, k, v, mask, lengths = make_batch(batch, seq, heads, dim, dtype, device)
     grad = torch.randn_like(q)
     results = {}
-    t_sdpa = timed(fwd_bwd(lambda: sdpa_bshd(q, k, v, mask), (q, k, v), grad), device, reps)
-    t_ours = timed(fwd_bwd(lambda: attention(q, k, v, key_padding_mask=mask), (q, k, v), grad), device, reps)
     qp, kp, vp = pack(q, mask), pack(k, mask), pack(v, mask)
     cu = torch.zeros(batch + 1, dtype=torch.int32)
     cu[1:] = torch.cumsum(lengths, 0)
     cu = cu.to(device)
     max_len = int(lengths.max())
     gp = grad[mask]
-    t_var = timed(fwd_bwd(lambda: attention_varlen(qp, kp, vp, cu, max_len), (qp, kp, vp), gp), device, reps)
+    t_sdpa, t_ours, t_var = timed_together([
+        fwd_bwd(lambda: sdpa_bshd(q, k, v, mask), (q, k, v), grad),
+        fwd_bwd(lambda: attention(q, k, v, key_padding_mask=mask), (q, k, v), grad),
+        fwd_bwd(lambda: attention_varlen(qp, kp, vp, cu, max_len), (qp, kp, vp), gp),
+    ], device, reps)
     tokens = int(lengths.sum())
     results["padded_mask_fwd_bwd_ms"] = t_ours * 1e3
     results["sdpa_mask_fwd_bwd_ms"] = t_sdpa * 1e3
@@ -93,8 +106,12 @@ def bench_padded_and_varlen(batch, seq, heads, dim, dtype, device, reps):
     results["varlen_tokens_per_s_vs_sdpa"] = t_sdpa / t_var
     # forward alone, for reference
     with torch.no_grad():
-        results["padded_mask_fwd_ms"] = timed(lambda: attention(q, k, v, key_padding_mask=mask), device, reps) * 1e3
-        results["sdpa_mask_fwd_ms"] = timed(lambda: sdpa_bshd(q, k, v, mask), device, reps) * 1e3
+        fwd_ours, fwd_sdpa, fwd_var = timed_together([
+            lambda: attention(q, k, v, key_padding_mask=mask), lambda: sdpa_bshd(q, k, v, mask),
+            lambda: attention_varlen(qp, kp, vp, cu, max_len)], device, reps)
+    results["padded_mask_fwd_ms"] = fwd_ours * 1e3
+    results["sdpa_mask_fwd_ms"] = fwd_sdpa * 1e3
+    results["varlen_fwd_ms"] = fwd_var * 1e3
     return results
 
 
@@ -115,10 +132,11 @@ def bench_gpu(reps):
         q, k, v, mask, _ = make_batch(batch, seq, heads, dim, torch.bfloat16, dev)
         grad = torch.randn_like(q)
         flops = attention_flops(batch, seq, heads, dim)
-        t_sdpa = timed(fwd_bwd(lambda: sdpa_bshd(q, k, v), (q, k, v), grad), dev, reps)
-        t_ours = timed(fwd_bwd(lambda: attention(q, k, v), (q, k, v), grad), dev, reps)
-        t_sdpa_m = timed(fwd_bwd(lambda: sdpa_bshd(q, k, v, mask), (q, k, v), grad), dev, reps)
-        t_ours_m = timed(fwd_bwd(lambda: attention(q, k, v, key_padding_mask=mask), (q, k, v), grad), dev, reps)
+        t_sdpa, t_ours, t_sdpa_m, t_ours_m = timed_together([
+            fwd_bwd(lambda: sdpa_bshd(q, k, v), (q, k, v), grad),
+            fwd_bwd(lambda: attention(q, k, v), (q, k, v), grad),
+            fwd_bwd(lambda: sdpa_bshd(q, k, v, mask), (q, k, v), grad),
+            fwd_bwd(lambda: attention(q, k, v, key_padding_mask=mask), (q, k, v), grad)], dev, reps)
         results[f"seq{seq}"] = {
             "nomask_ms": t_ours * 1e3, "sdpa_nomask_ms": t_sdpa * 1e3, "nomask_ratio_vs_sdpa": t_sdpa / t_ours,
             "mask_ms": t_ours_m * 1e3, "sdpa_mask_ms": t_sdpa_m * 1e3, "mask_ratio_vs_sdpa": t_sdpa_m / t_ours_m,
@@ -150,7 +168,8 @@ def main():
         print(f"  bertfast attention_varlen {cpu['varlen_fwd_bwd_ms']:7.2f} ms   "
               f"tokens/s {cpu['varlen_tokens_per_s']:.0f} vs SDPA padded {cpu['sdpa_padded_tokens_per_s']:.0f}: "
               f"{cpu['varlen_tokens_per_s_vs_sdpa']:.2f}x (target >= 1.6)")
-        print(f"  forward only: bertfast {cpu['padded_mask_fwd_ms']:.2f} ms, SDPA {cpu['sdpa_mask_fwd_ms']:.2f} ms")
+        print(f"  forward only: bertfast {cpu['padded_mask_fwd_ms']:.2f} ms, varlen {cpu['varlen_fwd_ms']:.2f} ms, "
+              f"SDPA {cpu['sdpa_mask_fwd_ms']:.2f} ms")
     if args.device in ("cuda", "all") and torch.cuda.is_available():
         report["gpu"] = torch.cuda.get_device_name()
         gpu = bench_gpu(args.reps)

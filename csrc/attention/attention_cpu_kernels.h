@@ -20,6 +20,7 @@
 #include <c10/util/Half.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
 #include <type_traits>
@@ -86,6 +87,30 @@ class Sequences {
   std::vector<int32_t> keys_;
 };
 
+// Run body(task, scratch) for tasks 0 .. n-1 on the intra-op threads, each thread taking the
+// next task from a shared counter. Tasks of uneven cost (sequences of different lengths) and
+// threads that the OS pauses (a busy machine) then balance themselves, unlike a static split;
+// each task writes only its own outputs, so the result does not depend on the schedule.
+template <typename MakeScratch, typename Body>
+void run_tasks(int64_t n, MakeScratch make_scratch, Body body) {
+  std::atomic<int64_t> next{0};
+  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n));
+  at::parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
+    if (begin >= end) return;
+    auto scratch = make_scratch();
+    for (int64_t t = next.fetch_add(1); t < n; t = next.fetch_add(1)) body(t, scratch);
+  });
+}
+
+// Sequence indices, most work first: the last tasks to start are then the cheapest.
+inline std::vector<int64_t> longest_first(const Sequences& seqs, int64_t batch) {
+  std::vector<int64_t> order(batch);
+  for (int64_t b = 0; b < batch; ++b) order[b] = b;
+  auto work = [&](int64_t b) { return seqs[b].q_len * seqs[b].n_keys; };
+  std::stable_sort(order.begin(), order.end(), [&](int64_t x, int64_t y) { return work(x) > work(y); });
+  return order;
+}
+
 template <typename T>
 inline const T* row_ptr(const AttentionTensor& t, int64_t b, int64_t token, int64_t h) {
   return static_cast<const T*>(t.data) + b * t.batch_stride + token * t.token_stride + h * t.head_stride;
@@ -106,10 +131,16 @@ inline float bias_at(const AttentionProblem& p, int64_t b, int64_t h, int64_t i,
   return 0.0f;
 }
 
+// n (a multiple of kVecLen) floats; inline, since a memmove call per 256-byte row costs as
+// much as the copy.
+inline void copy_floats(const float* src, float* dst, int64_t n) {
+  for (int64_t d = 0; d < n; d += kVecLen) fVec::loadu(src + d).store(dst + d);
+}
+
 template <typename T>
 inline void load_row(const T* src, float* dst, int64_t n) {
   if constexpr (std::is_same_v<T, float>) {
-    std::copy(src, src + n, dst);
+    copy_floats(src, dst, n);
   } else {
     at::vec::convert(src, dst, n);
   }
@@ -118,7 +149,7 @@ inline void load_row(const T* src, float* dst, int64_t n) {
 template <typename T>
 inline void store_row_as(const float* src, T* dst, int64_t n) {
   if constexpr (std::is_same_v<T, float>) {
-    std::copy(src, src + n, dst);
+    copy_floats(src, dst, n);
   } else {
     at::vec::convert(src, dst, n);
   }
@@ -266,19 +297,18 @@ void attention_fwd_impl(const AttentionFwdArgs& a) {
     int32_t b, h, tile;
   };
   std::vector<Task> tasks;
-  for (int64_t b = 0; b < p.batch; ++b) {
+  for (int64_t b : longest_first(seqs, p.batch)) {
     const int64_t tiles = (seqs[b].q_len + kQueryTile - 1) / kQueryTile;
     for (int64_t h = 0; h < p.heads; ++h)
       for (int64_t t = 0; t < tiles; ++t)
         tasks.push_back({static_cast<int32_t>(b), static_cast<int32_t>(h), static_cast<int32_t>(t)});
   }
-  at::parallel_for(0, static_cast<int64_t>(tasks.size()), 1, [&](int64_t begin, int64_t end) {
-    FwdScratch w(p.head_dim);
-    for (int64_t t = begin; t < end; ++t) {
-      const Task& task = tasks[t];
-      fwd_query_tile<T>(a, seqs[task.b], task.b, task.h, task.tile * kQueryTile, w);
-    }
-  });
+  run_tasks(
+      static_cast<int64_t>(tasks.size()), [&] { return FwdScratch(p.head_dim); },
+      [&](int64_t t, FwdScratch& w) {
+        const Task& task = tasks[t];
+        fwd_query_tile<T>(a, seqs[task.b], task.b, task.h, task.tile * kQueryTile, w);
+      });
 }
 
 // ---------------------------------------------------------------------------------------
@@ -313,9 +343,9 @@ void bwd_sequence_head(const AttentionBwdArgs& a, const SequenceView& seq, int64
   for (int64_t i = 0; i < Lq; ++i) {
     load_row(row_ptr<T>(a.out, b, seq.q_token0 + i, h), w.row.data(), D);
     const float* g = dO + i * lddo;
-    float acc = 0.0f;
-    for (int64_t d = 0; d < D; ++d) acc += g[d] * w.row[d];
-    w.dvec[i] = acc;
+    fVec acc(0.0f);
+    for (int64_t d = 0; d < D; d += kVecLen) acc = at::vec::fmadd(fVec::loadu(g + d), fVec::loadu(w.row.data() + d), acc);
+    w.dvec[i] = at::vec::vec_reduce_all<float>([](fVec& x, fVec& y) { return x + y; }, acc);
   }
   std::fill(w.dq.begin(), w.dq.begin() + Lq * D, 0.0f);
 
@@ -394,13 +424,13 @@ void attention_bwd_impl(const AttentionBwdArgs& a) {
   const Sequences seqs(p);
   int64_t max_q = 0;
   for (int64_t b = 0; b < p.batch; ++b) max_q = std::max(max_q, seqs[b].q_len);
-  at::parallel_for(0, p.batch * p.heads, 1, [&](int64_t begin, int64_t end) {
-    BwdScratch w(p.head_dim, max_q);
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t b = t / p.heads, h = t % p.heads;
-      bwd_sequence_head<T>(a, seqs[b], b, h, w);
-    }
-  });
+  const std::vector<int64_t> order = longest_first(seqs, p.batch);
+  run_tasks(
+      p.batch * p.heads, [&] { return BwdScratch(p.head_dim, max_q); },
+      [&](int64_t t, BwdScratch& w) {
+        const int64_t b = order[t / p.heads], h = t % p.heads;
+        bwd_sequence_head<T>(a, seqs[b], b, h, w);
+      });
 }
 
 inline void attention_fwd_kernel(const AttentionFwdArgs& a, DType dtype) {
