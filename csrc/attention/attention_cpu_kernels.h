@@ -138,6 +138,12 @@ inline void copy_floats(const float* src, float* dst, int64_t n) {
 }
 
 template <typename T>
+inline void prefetch_row(const T* p, int64_t n) {
+  const char* c = reinterpret_cast<const char*>(p);
+  for (int64_t off = 0; off < n * static_cast<int64_t>(sizeof(T)); off += 64) __builtin_prefetch(c + off);
+}
+
+template <typename T>
 inline void load_row(const T* src, float* dst, int64_t n) {
   if constexpr (std::is_same_v<T, float>) {
     copy_floats(src, dst, n);
@@ -162,7 +168,11 @@ inline void store_row_as(const float* src, T* dst, int64_t n) {
 template <typename T, typename Pos>
 inline const float* gather_rows(const AttentionTensor& t, int64_t b, int64_t token0, int64_t h, int64_t rows,
                                 int64_t D, Pos pos, float* buf, int64_t& ld) {
-  for (int64_t r = 0; r < rows; ++r) load_row(row_ptr<T>(t, b, token0 + pos(r), h), buf + r * D, D);
+  constexpr int64_t kAhead = 4;  // rows sit a token stride apart: prefetch a few rows ahead
+  for (int64_t r = 0; r < rows; ++r) {
+    if (r + kAhead < rows) prefetch_row(row_ptr<T>(t, b, token0 + pos(r + kAhead), h), D);
+    load_row(row_ptr<T>(t, b, token0 + pos(r), h), buf + r * D, D);
+  }
   ld = D;
   return buf;
 }
@@ -172,6 +182,7 @@ template <typename T>
 inline void pack_transposed(const AttentionTensor& t, int64_t b, int64_t token0, int64_t h, int64_t rows,
                             int64_t cols_pad, int64_t D, float mul, float* dst, float* row_buf) {
   for (int64_t i = 0; i < rows; ++i) {
+    if (i + 4 < rows) prefetch_row(row_ptr<T>(t, b, token0 + i + 4, h), D);
     load_row(row_ptr<T>(t, b, token0 + i, h), row_buf, D);
     for (int64_t d = 0; d < D; ++d) dst[d * cols_pad + i] = row_buf[d] * mul;
   }
