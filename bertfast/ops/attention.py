@@ -50,6 +50,14 @@ def _resolve_scale(scale, head_dim, op_name):
     return float(scale)
 
 
+def _autocast_qkv(q, k, v):
+    """Under CUDA autocast, float32 q, k, v run in the autocast dtype (as matmuls do)."""
+    if q.device.type == "cuda" and q.dtype == torch.float32 and torch.is_autocast_enabled("cuda"):
+        dtype = torch.get_autocast_dtype("cuda")
+        return q.to(dtype), k.to(dtype), v.to(dtype)
+    return q, k, v
+
+
 def _check_qkv(q, k, v, rank, layout, op_name):
     for name, t in (("q", q), ("k", k), ("v", v)):
         check_tensor(t, name, op_name, _DTYPES)
@@ -76,7 +84,8 @@ def attention(q, k, v, *, key_padding_mask=None, attn_bias=None, dropout_p=0.0, 
 
     Args:
         q: (batch, seq_q, heads, head_dim); k, v: (batch, seq_k, heads, head_dim). CPU: float32
-            or bfloat16 (float16 works too); CUDA: float16 or bfloat16 (float32 raises a TypeError).
+            or bfloat16 (float16 works too); CUDA: float16 or bfloat16 (float32 runs in the autocast
+            dtype under torch.autocast, else raises a TypeError).
             head_dim: a multiple of 8 up to 128 (32, 64, 128 are the fast ones on CUDA).
         key_padding_mask: optional bool (batch, seq_k), True where a key may be attended
             (the Hugging Face attention_mask).
@@ -91,6 +100,7 @@ def attention(q, k, v, *, key_padding_mask=None, attn_bias=None, dropout_p=0.0, 
     gives zeros (and zero gradient), never NaN.
     """
     name = "attention"
+    q, k, v = _autocast_qkv(q, k, v)
     _check_qkv(q, k, v, 4, "(batch, seq, heads, head_dim)", name)
     batch, seq_q, heads, head_dim = q.shape
     seq_k = k.shape[1]
@@ -154,6 +164,7 @@ def attention_varlen(q, k, v, cu_seqlens, max_seqlen, *, dropout_p=0.0, scale=No
     Returns (total_tokens, heads, head_dim) in q's dtype.
     """
     name = "attention_varlen"
+    q, k, v = _autocast_qkv(q, k, v)
     _check_qkv(q, k, v, 3, "(total_tokens, heads, head_dim)", name)
     if k.shape[0] != q.shape[0]:
         raise ValueError(f"{name}: q and k must hold the same tokens, got {q.shape[0]} and {k.shape[0]}")

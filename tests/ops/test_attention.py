@@ -423,6 +423,18 @@ def test_cuda_and_cpu_agree_and_fp32_is_refused():
 
 
 @requires_cuda
+def test_cuda_fp32_under_autocast_runs_in_bf16():
+    q, k, v = [torch.randn(2, 40, 2, 64, device="cuda", requires_grad=True) for _ in range(3)]
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = attention(q, k, v)
+    assert out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert q.grad.dtype == torch.float32 and torch.isfinite(q.grad).all()
+    ref = reference.attention(q.double(), k.double(), v.double())
+    assert (out.double() - ref).abs().max().item() < 3e-2
+
+
+@requires_cuda
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_cuda_dropout_mask_matches_cpu(dtype):
     torch.manual_seed(0)
