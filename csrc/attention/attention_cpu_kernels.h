@@ -334,8 +334,11 @@ struct BwdScratch {
         z(kKeyTile * kQueryTile), row(D), row2(D) {}
 };
 
+// Gradients from the keys of tiles [tile_begin, tile_end) of one (sequence, head). dQ goes to
+// grad_q when dq_partial is null, else unscaled into dq_partial (q_len x D) for a later sum.
 template <typename T>
-void bwd_sequence_head(const AttentionBwdArgs& a, const SequenceView& seq, int64_t b, int64_t h, BwdScratch& w) {
+void bwd_sequence_head(const AttentionBwdArgs& a, const SequenceView& seq, int64_t b, int64_t h, int64_t tile_begin,
+                       int64_t tile_end, float* dq_partial, BwdScratch& w) {
   const AttentionProblem& p = a.p;
   const int64_t D = p.head_dim, Lq = seq.q_len, Lq_pad = round_up_vec(Lq);
   // Per (sequence, head): Q^T (pre-scaled) and dO^T for the score products, Q and dO rows,
@@ -361,7 +364,7 @@ void bwd_sequence_head(const AttentionBwdArgs& a, const SequenceView& seq, int64
   std::fill(w.dq.begin(), w.dq.begin() + Lq * D, 0.0f);
 
   float *S = w.s.data(), *dP = w.dp.data(), *Z = w.z.data();
-  for (int64_t r0 = 0; r0 < seq.n_keys; r0 += kKeyTile) {
+  for (int64_t r0 = tile_begin * kKeyTile; r0 < std::min(seq.n_keys, tile_end * kKeyTile); r0 += kKeyTile) {
     const int64_t bk = std::min(kKeyTile, seq.n_keys - r0);
     auto pos = [&](int64_t r) { return seq.key_at(r0 + r); };
     int64_t ldk, ldv;
@@ -422,12 +425,18 @@ void bwd_sequence_head(const AttentionBwdArgs& a, const SequenceView& seq, int64
       store_row_as(w.dv.data() + r * D, row_ptr_mut<T>(a.grad_v, b, seq.k_token0 + pos(r), h), D);
     }
   }
+  if (dq_partial) {
+    copy_floats(w.dq.data(), dq_partial, Lq * D);
+    return;
+  }
   for (int64_t i = 0; i < Lq; ++i) {
     float* dq = w.dq.data() + i * D;
     for (int64_t d = 0; d < D; d += kVecLen) (fVec::loadu(dq + d) * fVec(p.scale)).store(dq + d);
     store_row_as(dq, row_ptr_mut<T>(a.grad_q, b, seq.q_token0 + i, h), D);
   }
 }
+
+inline int64_t key_tiles(const SequenceView& s) { return (s.n_keys + kKeyTile - 1) / kKeyTile; }
 
 template <typename T>
 void attention_bwd_impl(const AttentionBwdArgs& a) {
@@ -436,12 +445,47 @@ void attention_bwd_impl(const AttentionBwdArgs& a) {
   int64_t max_q = 0;
   for (int64_t b = 0; b < p.batch; ++b) max_q = std::max(max_q, seqs[b].q_len);
   const std::vector<int64_t> order = longest_first(seqs, p.batch);
+  const int64_t pairs = p.batch * p.heads, threads = at::get_num_threads();
+  int64_t max_tiles = 1;
+  for (int64_t b = 0; b < p.batch; ++b) max_tiles = std::max(max_tiles, key_tiles(seqs[b]));
+  // Fewer (sequence, head) pairs than threads (long sequences, few heads): split each pair's
+  // key tiles into `splits` ranges with a dQ partial each, summed afterwards in a fixed order.
+  const int64_t splits = pairs >= 2 * threads ? 1 : std::min(max_tiles, (2 * threads + pairs - 1) / pairs);
+  if (splits == 1) {
+    run_tasks(
+        pairs, [&] { return BwdScratch(p.head_dim, max_q); },
+        [&](int64_t t, BwdScratch& w) {
+          const int64_t b = order[t / p.heads], h = t % p.heads;
+          bwd_sequence_head<T>(a, seqs[b], b, h, 0, key_tiles(seqs[b]), nullptr, w);
+        });
+    return;
+  }
+  const int64_t D = p.head_dim;
+  std::vector<float> partials(pairs * splits * max_q * D);
   run_tasks(
-      p.batch * p.heads, [&] { return BwdScratch(p.head_dim, max_q); },
+      pairs * splits, [&] { return BwdScratch(D, max_q); },
       [&](int64_t t, BwdScratch& w) {
-        const int64_t b = order[t / p.heads], h = t % p.heads;
-        bwd_sequence_head<T>(a, seqs[b], b, h, w);
+        const int64_t pair = t / splits, c = t % splits, b = pair / p.heads, h = pair % p.heads;
+        const int64_t tiles = key_tiles(seqs[b]);
+        bwd_sequence_head<T>(a, seqs[b], b, h, c * tiles / splits, (c + 1) * tiles / splits,
+                             partials.data() + t * max_q * D, w);
       });
+  at::parallel_for(0, pairs, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> row(D);
+    for (int64_t pair = begin; pair < end; ++pair) {
+      const int64_t b = pair / p.heads, h = pair % p.heads;
+      const SequenceView seq = seqs[b];
+      for (int64_t i = 0; i < seq.q_len; ++i) {
+        for (int64_t d = 0; d < D; d += kVecLen) {
+          fVec acc(0.0f);
+          for (int64_t c = 0; c < splits; ++c)
+            acc = acc + fVec::loadu(partials.data() + ((pair * splits + c) * max_q + i) * D + d);
+          (acc * fVec(p.scale)).store(row.data() + d);
+        }
+        store_row_as(row.data(), row_ptr_mut<T>(a.grad_q, b, seq.q_token0 + i, h), D);
+      }
+    }
+  });
 }
 
 inline void attention_fwd_kernel(const AttentionFwdArgs& a, DType dtype) {
