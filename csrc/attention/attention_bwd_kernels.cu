@@ -57,9 +57,10 @@ __global__ void __launch_bounds__(kThreads, 1) attention_bwd_dkdv_kernel(const A
   const int D = static_cast<int>(p.head_dim);
   const uint64_t seed = p.seed ? static_cast<uint64_t>(*p.seed) : 0;
 
+  // A tile of keys that no query may attend gets zero gradients: the glue zero-fills them.
+  if (!load_key_bias(sKeyBias, p, b, k0, sr.k_len)) return;
   load_tile<T, Dp, kTile, false>(sK, S, a.k, b, sr.k_token0, h, k0, sr.k_len - k0, D);
   load_tile<T, Dp, kTile, false>(sV, S, a.v, b, sr.k_token0, h, k0, sr.k_len - k0, D);
-  load_key_bias(sKeyBias, p, b, k0, sr.k_len);
 
   float dk[Dp / 8][4], dv[Dp / 8][4];
 #pragma unroll
@@ -184,10 +185,11 @@ __global__ void __launch_bounds__(kThreads, 1) attention_bwd_dq_kernel(const Att
 
   for (int k0 = 0; k0 < sr.k_len; k0 += kTile) {
     __syncthreads();
+    // A tile with no attendable key has P = 0: it adds nothing to dQ (nor to the bias gradient).
+    if (!load_key_bias(sKeyBias, p, b, k0, sr.k_len)) continue;
     load_tile<T, Dp, kTile, false>(sK, S, a.k, b, sr.k_token0, h, k0, sr.k_len - k0, D);
     load_tile<T, Dp, kTile, false>(sV, S, a.v, b, sr.k_token0, h, k0, sr.k_len - k0, D);
     load_tile<T, Dp, kTile, true>(sKt, TS, a.k, b, sr.k_token0, h, k0, sr.k_len - k0, D);
-    load_key_bias(sKeyBias, p, b, k0, sr.k_len);
     __syncthreads();
 
     float s[kTile / 8][4], dp[kTile / 8][4];

@@ -37,10 +37,11 @@ __global__ void __launch_bounds__(kThreads, 1) attention_fwd_kernel(const Attent
   const int row[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
 
   for (int k0 = 0; k0 < sr.k_len; k0 += kTile) {
-    __syncthreads();  // the previous tile's K and V are no longer read
+    __syncthreads();  // the previous tile's K, V and key bias are no longer read
+    // A tile with no attendable key would leave m, l and O unchanged: skip it.
+    if (!load_key_bias(sKeyBias, p, b, k0, sr.k_len)) continue;
     load_tile<T, Dp, kTile, false>(sK, S, a.k, b, sr.k_token0, h, k0, sr.k_len - k0, D);
     load_tile<T, Dp, kTile, true>(sVt, TS, a.v, b, sr.k_token0, h, k0, sr.k_len - k0, D);
-    load_key_bias(sKeyBias, p, b, k0, sr.k_len);
     __syncthreads();
 
     float s[kTile / 8][4];

@@ -159,13 +159,18 @@ __device__ __forceinline__ void load_tile(T* dst, int stride, const AttentionTen
   }
 }
 
-// 0 for a key that may be attended, -inf for one beyond the sequence or masked out.
-__device__ __forceinline__ void load_key_bias(float* dst, const AttentionProblem& p, int b, int key0, int k_len) {
-  for (int r = threadIdx.x; r < kTile; r += kThreads) {
-    const int j = key0 + r;
-    const bool ok = j < k_len && (p.key_mask == nullptr || p.key_mask[static_cast<int64_t>(b) * p.seq_k + j]);
-    dst[r] = ok ? 0.0f : kNegInf;
+// 0 for a key that may be attended, -inf for one beyond the sequence or masked out. Also a
+// barrier; returns whether any key of the tile may be attended (the same in every thread), so
+// that a block can skip a tile that the padding mask removes entirely.
+__device__ __forceinline__ bool load_key_bias(float* dst, const AttentionProblem& p, int b, int key0, int k_len) {
+  static_assert(kThreads >= kTile, "one key per thread");
+  bool any = false;
+  if (threadIdx.x < kTile) {
+    const int j = key0 + static_cast<int>(threadIdx.x);
+    any = j < k_len && (p.key_mask == nullptr || p.key_mask[static_cast<int64_t>(b) * p.seq_k + j]);
+    dst[threadIdx.x] = any ? 0.0f : kNegInf;
   }
+  return __syncthreads_or(any) != 0;
 }
 
 __device__ __forceinline__ float bias_at(const AttentionProblem& p, int b, int h, int i, int j) {
