@@ -90,7 +90,9 @@ def attention(q, k, v, *, key_padding_mask=None, attn_bias=None, dropout_p=0.0, 
         key_padding_mask: optional bool (batch, seq_k), True where a key may be attended
             (the Hugging Face attention_mask).
         attn_bias: optional additive float bias broadcastable to (batch, heads, seq_q, seq_k),
-            float32 or q's dtype (-inf masks an entry). Differentiable when it requires grad.
+            float32 or q's dtype (-inf masks an entry). Differentiable when it requires grad;
+            its gradient is then formed as a float32 (batch, heads, seq_q, seq_k) tensor and
+            summed over the broadcast dimensions.
         dropout_p: dropout on the attention probabilities, in [0, 1) (see the module docstring
             for the mask).
         scale: multiplies q k^T; default 1 / sqrt(head_dim).
