@@ -55,4 +55,20 @@ TORCH_LIBRARY(bertfast, m) {
   // logits (the chunks of linear_cross_entropy).
   m.def("softmax_cross_entropy_fwd_bwd_(Tensor(a!) logits, Tensor labels, int ignore_index, "
         "float label_smoothing) -> (Tensor loss, Tensor lse)");
+
+  // Fused attention, padded (q/k/v (batch, seq, heads, dim), optional key mask (batch, seq_k) and
+  // bias expanded to (batch, heads, seq_q, seq_k)) or varlen (q/k/v (total, heads, dim) with
+  // cu_seqlens). Returns the output and the row log-sum-exp (heads, total_q) float32;
+  // `deterministic` is only recorded for the backward (it is an input autograd can see).
+  m.def(
+      "attention_fwd(Tensor q, Tensor k, Tensor v, Tensor? key_padding_mask, Tensor? attn_bias, "
+      "Tensor? cu_seqlens, int max_seqlen, Tensor? seed, float dropout_p, float scale, bool deterministic) -> "
+      "(Tensor out, Tensor lse)");
+  // Gradients of attention_fwd; grad_bias is (batch, heads, seq_q, seq_k) float32 when
+  // want_grad_bias, else empty. deterministic: no order-varying atomics (CUDA).
+  m.def(
+      "attention_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
+      "Tensor? key_padding_mask, Tensor? attn_bias, Tensor? cu_seqlens, int max_seqlen, Tensor? seed, "
+      "float dropout_p, float scale, bool want_grad_bias, bool deterministic) -> "
+      "(Tensor grad_q, Tensor grad_k, Tensor grad_v, Tensor grad_bias)");
 }

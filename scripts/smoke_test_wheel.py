@@ -27,13 +27,18 @@ def check_ops(bertfast, declared):
     from bertfast import _library
 
     registered = _library.registered_ops()
-    if sorted(declared) != registered:
-        missing, extra = sorted(set(declared) - set(registered)), sorted(set(registered) - set(declared))
+    missing = sorted(set(declared) - set(registered))
+    # Ops defined in Python (torch.library.custom_op, composites of the C++ ops) are not in
+    # csrc/bertfast.cpp; anything else registered but undeclared is a mistake.
+    extra = [n for n in sorted(set(registered) - set(declared))
+             if not torch._C._dispatch_has_kernel_for_dispatch_key(f"bertfast::{n}", "CompositeExplicitAutograd")]
+    if missing or extra:
         raise AssertionError(f"ops declared but not registered: {missing}; registered but not declared: {extra}")
     backends = ["CPU"] + (["CUDA"] if bertfast.has_cuda_kernels() else [])
     for name in registered:
         qualname = f"bertfast::{name}"
-        if torch._C._dispatch_has_kernel_for_dispatch_key(qualname, _BACKEND_FREE):
+        if any(torch._C._dispatch_has_kernel_for_dispatch_key(qualname, key)
+               for key in (_BACKEND_FREE, "CompositeExplicitAutograd")):
             continue
         for backend in backends:
             if not torch._C._dispatch_has_kernel_for_dispatch_key(qualname, backend):
