@@ -62,6 +62,8 @@ def test_shorten_demangled_names():
         pytest.skip("c++filt is not installed")
     assert parse.shorten(names[VECTOR]) == "add_layer_norm_fwd_kernel<bf16,bf16,8,2,256>"
     assert parse.shorten("void bertfast::(anonymous namespace)::k<float>(float const*, int)") == "k<f32>"
+    assert parse.shorten("void bertfast::attention_cuda::(anonymous namespace)::attention_fwd_kernel<__half, 64>"
+                         "(bertfast::AttentionFwdArgs)") == "attention_fwd_kernel<fp16,64>"
 
 
 def test_expectations_table():
@@ -70,6 +72,8 @@ def test_expectations_table():
     assert expectations.expectation_for("flash_attention_fwd_kernel<bf16,64>").requires == (expectations.TENSOR_CORE_MMA,)
     assert not expectations.expectation_for("some_new_kernel").hot
     assert not expectations.expectation_for("cross_entropy_kernel<bf16,1,32,0>").hot  # elementwise fallback
+    assert not expectations.expectation_for("attention_bwd_dvec_kernel<bf16>").hot  # rowsum(dO * O)
+    assert expectations.expectation_for("attention_bwd_dkdv_kernel<bf16,64,64>").hot
     assert expectations.expectation_for("cross_entropy_kernel<bf16,8,256,2>").requires == (expectations.LOAD_128,)
 
 

@@ -38,8 +38,8 @@ EXPECTATIONS = [
                 note="16-byte vector path"),
     Expectation(r"^sum_partials_kernel", hot=False, note="parameter-gradient reduction"),
     # attention: the forward/backward kernels are built on tensor-core MMA; their small helpers
-    # (row sums of dO*O, dQ conversion, zeroing) are memory-bound and have none.
-    Expectation(r"(attention|attn|fmha|flash)\w*(preprocess|postprocess|convert|reduce|sum|zero|dot)", hot=False,
+    # (row sums of dO*O = "dvec", dQ conversion, zeroing) are memory-bound and have none.
+    Expectation(r"(attention|attn|fmha|flash)\w*(preprocess|postprocess|convert|reduce|sum|zero|dot|dvec)", hot=False,
                 note="attention helper"),
     Expectation(r"attention|attn|fmha|flash", hot=True, requires=(TENSOR_CORE_MMA,)),
     # cross-entropy: cross_entropy_kernel<T, VEC, GROUP, MODE>, a row-wise online softmax over the

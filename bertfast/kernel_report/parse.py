@@ -80,7 +80,8 @@ _TYPE_NAMES = {"__nv_bfloat16": "bf16", "__half": "fp16", "float": "f32", "doubl
 
 def shorten(demangled):
     """'void bertfast::(anonymous namespace)::add_layer_norm_fwd_kernel<__nv_bfloat16, float, 8, 2,
-    256>(bertfast::AddLayerNormFwdArgs, int)' -> 'add_layer_norm_fwd_kernel<bf16,f32,8,2,256>'."""
+    256>(bertfast::AddLayerNormFwdArgs, int)' -> 'add_layer_norm_fwd_kernel<bf16,f32,8,2,256>'
+    (namespaces dropped: kernel names are unique enough, and patterns can anchor on them)."""
     name = demangled.strip()
     if name.startswith("void "):
         name = name[len("void "):]
@@ -95,7 +96,10 @@ def shorten(demangled):
             cut = i
             break
     name = name[:cut]
-    name = name.replace("(anonymous namespace)::", "").replace("bertfast::", "")
+    name = name.replace("(anonymous namespace)::", "")
+    head, bracket, rest = name.partition("<")
+    name = head.rsplit("::", 1)[-1] + bracket + rest  # the kernel's own name, without namespaces
+    name = name.replace("bertfast::", "")
     name = re.sub(r"\s*,\s*", ",", name)
     for long, short in _TYPE_NAMES.items():
         name = re.sub(rf"\b{re.escape(long)}\b", short, name)

@@ -59,7 +59,8 @@ def print_report(rows, compiled, out=sys.stdout):
     errors = [u for u in compiled if u.get("error")]
     print(f"\n{len(rows)} kernel builds, {sum(r['hot'] for r in rows)} hot; "
           f"{len(failed)} failing, {len(errors)} compile errors. needs: instructions a kernel must have "
-          f"(LDG.128 = 128-bit global loads, MMA = tensor-core HMMA/HGMMA); spill in bytes (stores + loads)", file=out)
+          f"(LDG.128 = 128-bit global loads, MMA = tensor-core HMMA/HGMMA); spill in bytes (stores + loads); "
+          f"smem: static shared memory in bytes (dynamic shared memory is set at launch)", file=out)
     return not failed and not errors
 
 
