@@ -50,7 +50,8 @@ def add_arguments(parser):
     parser.add_argument("--real-batches", type=int, default=None,
                         help="batches per repetition for real lengths (default: 4 on CUDA, 2 on CPU)")
     parser.add_argument("--mode", nargs="+", choices=("train", "inference"), default=["train", "inference"])
-    parser.add_argument("--baselines", nargs="*", choices=implementations.BASELINES, default=list(implementations.BASELINES),
+    parser.add_argument("--baselines", nargs="*", choices=implementations.BASELINES,
+                        default=list(implementations.BASELINES),
                         help="transformers attn_implementation baselines (default: eager sdpa)")
     parser.add_argument("--no-bertfast", action="store_true", help="time the baselines only")
     parser.add_argument("--optimize", action="store_true",
@@ -144,7 +145,9 @@ def _rows_for(model_size, task, seq_len, lengths_kind, mode, batches, runnable, 
             "batch_size": len(batches[0].lengths), "batches": len(batches), "mode": mode, "impl": name,
             "compiled": impl.compiled, "uses_bertfast": impl.uses_bertfast, "precision": args.precision,
             "ms": round(t * 1e3, 2),
-            "ms_min": round(times[name]["min_s"] * 1e3, 2), "real_tokens": tokens, "padded_tokens": padded,
+            "ms_min": round(times[name]["min_s"] * 1e3, 2),
+            "cpu_ms": None if args.device.startswith("cuda") else round(times[name]["cpu_median_s"] * 1e3, 2),
+            "real_tokens": tokens, "padded_tokens": padded,
             "tokens_per_s": round(tokens / t, 1), "samples_per_s": round(samples / t, 2),
             "peak_mem_MB": None if peaks[name] is None else round(peaks[name] / 2**20, 1),
             "tflops": float(f"{flops / t / 1e12:.4g}"),
@@ -157,6 +160,8 @@ def _rows_for(model_size, task, seq_len, lengths_kind, mode, batches, runnable, 
             for baseline in implementations.BASELINES:
                 other = next((r for r in rows if r["impl"] == f"hf-{baseline}{suffix}"), None)
                 row[f"vs_hf_{baseline}"] = round(other["ms"] / row["ms"], 2) if other else None
+                if other and row["cpu_ms"] and other["cpu_ms"]:  # the same ratio in process CPU time
+                    row[f"cpu_vs_hf_{baseline}"] = round(other["cpu_ms"] / row["cpu_ms"], 2)
     return rows
 
 

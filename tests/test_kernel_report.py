@@ -69,7 +69,8 @@ def test_shorten_demangled_names():
 def test_expectations_table():
     assert not expectations.expectation_for("add_layer_norm_fwd_kernel<bf16,f32,1,16,256>").hot
     assert expectations.expectation_for("add_layer_norm_bwd_kernel<f32,f32,4,4,512>").hot
-    assert expectations.expectation_for("flash_attention_fwd_kernel<bf16,64>").requires == (expectations.TENSOR_CORE_MMA,)
+    mma = (expectations.TENSOR_CORE_MMA,)
+    assert expectations.expectation_for("flash_attention_fwd_kernel<bf16,64>").requires == mma
     assert not expectations.expectation_for("some_new_kernel").hot
     assert not expectations.expectation_for("cross_entropy_kernel<bf16,1,32,0>").hot  # elementwise fallback
     assert not expectations.expectation_for("attention_bwd_dvec_kernel<bf16>").hot  # rowsum(dO * O)

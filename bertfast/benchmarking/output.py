@@ -3,10 +3,13 @@ import csv
 import json
 import os
 
-TABLE_COLUMNS = [("model", "model"), ("task", "task"), ("seq_len", "seq"), ("lengths", "lengths"), ("batch_size", "batch"),
-                 ("mode", "mode"), ("impl", "impl"), ("ms", "ms"), ("tokens_per_s", "tokens/s"),
+TABLE_COLUMNS = [("model", "model"), ("task", "task"), ("seq_len", "seq"), ("lengths", "lengths"),
+                 ("batch_size", "batch"),
+                 ("mode", "mode"), ("impl", "impl"), ("ms", "ms"), ("cpu_ms", "cpu ms"),
+                 ("tokens_per_s", "tokens/s"),
                  ("samples_per_s", "samples/s"), ("peak_mem_MB", "peak MB"), ("tflops", "TFLOP/s"), ("mfu", "MFU"),
-                 ("vs_hf_eager", "vs eager"), ("vs_hf_sdpa", "vs sdpa")]
+                 ("vs_hf_eager", "vs eager"), ("vs_hf_sdpa", "vs sdpa"), ("cpu_vs_hf_eager", "cpu vs eager"),
+                 ("cpu_vs_hf_sdpa", "cpu vs sdpa")]
 
 
 def _fmt(value):

@@ -16,21 +16,26 @@ def sync(device):
 
 
 def time_interleaved(fns, device, warmup=2, reps=5):
-    """{name: {"median_s", "min_s", "samples"}} for callables {name: fn}. Every rep runs each
-    candidate once in turn, so drift in machine load hits them alike."""
+    """{name: {"median_s", "min_s", "samples", "cpu_median_s"}} for callables {name: fn}. Every
+    rep runs each candidate once in turn, so drift in machine load hits them alike. cpu_median_s
+    is the process CPU time (all threads): steadier than wall time on a shared, oversubscribed
+    CPU, where wall time also measures the other tenants."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     sync(device)
     samples = {name: [] for name in fns}
+    cpu = {name: [] for name in fns}
     for _ in range(reps):
         for name, fn in fns.items():
             sync(device)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             fn()
             sync(device)
             samples[name].append(time.perf_counter() - start)
-    return {name: {"median_s": statistics.median(ts), "min_s": min(ts), "samples": ts} for name, ts in samples.items()}
+            cpu[name].append(time.process_time() - cpu_start)
+    return {name: {"median_s": statistics.median(ts), "min_s": min(ts), "samples": ts,
+                   "cpu_median_s": statistics.median(cpu[name])} for name, ts in samples.items()}
 
 
 def gemm_rate(device, dtype=torch.bfloat16, n=8192, reps=10):
