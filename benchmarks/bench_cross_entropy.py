@@ -15,7 +15,7 @@
    bf16 / fp16, with achieved bandwidth (bytes that must move: read the logits in forward,
    read them and write the gradient in backward) against the device's measured copy bandwidth.
 
-Times are medians after a warm-up. Timings gather the logits' gradient with
+Times are medians after a warm-up, the variants taking turns in every repetition. Timings gather the logits' gradient with
 torch.autograd.grad, as a model's backward would hand it on (no clone into .grad).
 """
 import argparse
@@ -85,7 +85,24 @@ def bench_softmax_ce(rows, classes, dtype, device, reps, smoothing=0.1):
         "bertfast_inplace": lambda x, y: softmax_cross_entropy(x, y, label_smoothing=smoothing,
                                                                inplace_backward=True),
     }
-    return {name: median_time(step(fn), reps, device=device, prepare=refill) for name, fn in variants.items()}
+    return interleaved_medians({name: step(fn) for name, fn in variants.items()}, reps, device, prepare=refill)
+
+
+def interleaved_medians(steps, reps, device, prepare=None, warmup=1):
+    """Median seconds of each step, the steps taking turns within every repetition so that
+    a change in machine load (shared CI hosts) hits every variant alike."""
+    times = {name: [] for name in steps}
+    for i in range(warmup + reps):
+        for name, step in steps.items():
+            if prepare is not None:
+                prepare()
+            _sync(device)
+            start = time.perf_counter()
+            step()
+            _sync(device)
+            if i >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 # ---- linear_cross_entropy: one subprocess per variant ----
@@ -180,7 +197,11 @@ def main():
         linear_worker(variant, *map(int, sizes))
         return
 
-    results = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": platform.processor(),
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                            cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    results = {"command": " ".join(["python"] + sys.argv), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+               "commit": commit, "torch": torch.__version__, "threads": torch.get_num_threads(),
+               "cpu": platform.processor() or platform.machine(), "load_average": os.getloadavg(),
                "build": bertfast.build_info()}
     ce_rows, ce_classes = (256, 3001) if args.quick else (4096, 30522)
     t = bench_softmax_ce(ce_rows, ce_classes, torch.float32, torch.device("cpu"), args.reps)
