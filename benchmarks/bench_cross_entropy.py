@@ -15,8 +15,15 @@
    bf16 / fp16, with achieved bandwidth (bytes that must move: read the logits in forward,
    read them and write the gradient in backward) against the device's measured copy bandwidth.
 
-Times are medians after a warm-up, the variants taking turns in every repetition. Timings gather the logits' gradient with
-torch.autograd.grad, as a model's backward would hand it on (no clone into .grad).
+Times are medians after a warm-up, the variants taking turns in every repetition. Timings
+gather the logits' gradient with torch.autograd.grad, as a model's backward would hand it on
+(no clone into .grad).
+
+On CPU the non-in-place backward's time is mostly the page faults of its fresh (rows,
+classes) gradient buffer (torch's CPU allocator caches nothing; large blocks come straight
+from mmap), which F.cross_entropy pays three times over. Torch's own switch
+THP_MEM_ALLOC_ENABLE=1 (transparent huge pages for every large allocation) cuts that cost
+for both sides; the in-place variant avoids it.
 """
 import argparse
 import json

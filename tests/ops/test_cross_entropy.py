@@ -371,7 +371,8 @@ def test_opcheck():
     torch.library.opcheck(ops.linear_cross_entropy_rows, (h, w, b, y, -100, 0.1, 4))
     _, lse = ops.linear_cross_entropy_rows(h, w, b, y, -100, 0.1, 4)
     torch.library.opcheck(ops.linear_cross_entropy_rows_bwd,
-                          (torch.rand(6), h.detach(), w.detach(), b.detach(), y, lse.detach(), -100, 0.1, 4, True, True, True))
+                          (torch.rand(6), h.detach(), w.detach(), b.detach(), y, lse.detach(), -100, 0.1, 4,
+                           True, True, True))
 
 
 @pytest.mark.slow
