@@ -153,15 +153,18 @@ def load_state_into(model, state, source="checkpoint", ignore_mismatched_sizes=F
     if bad_missing:
         raise CheckpointError(f"{source}: weights missing from the checkpoint for {type(model).__name__}: "
                               f"{bad_missing[:20]}{' ...' if len(bad_missing) > 20 else ''}")
-    mismatched = []
+    mismatched, wrong_shapes = [], []
     for key in sorted(set(state) & set(expected)):
         if tuple(state[key].shape) != expected[key]:
             if ignore_mismatched_sizes and not _is_base_key(key, has_bert_prefix):
                 mismatched.append(key)
-                continue
-            raise CheckpointError(f"{source}: {key} has shape {tuple(state[key].shape)} in the checkpoint but "
-                                  f"{expected[key]} in the model (config mismatch?"
-                                  f"{' pass ignore_mismatched_sizes=True to re-initialise a head' if not _is_base_key(key, has_bert_prefix) else ''})")
+            else:
+                wrong_shapes.append(f"{key}: {tuple(state[key].shape)} in the checkpoint, {expected[key]} in the model")
+    if wrong_shapes:
+        hint = ("; pass ignore_mismatched_sizes=True to re-initialise a head of another size"
+                if any(not _is_base_key(k.split(":")[0], has_bert_prefix) for k in wrong_shapes) else "")
+        raise CheckpointError(f"{source}: shapes differ (does config.json match the weights?): "
+                              f"{'; '.join(wrong_shapes[:20])}{hint}")
     to_load = {k: v for k, v in state.items() if k in expected and k not in mismatched}
     result = model.load_state_dict(to_load, strict=False)
     if result.unexpected_keys:

@@ -65,6 +65,8 @@ class BertConfig:
             self.num_labels = 2 if num_labels is None else num_labels
         if label2id is not None and len(label2id) == self.num_labels:
             self.label2id = {k: int(v) for k, v in label2id.items()}
+        else:
+            self.label2id = {v: k for k, v in self.id2label.items()}
         self.validate()
 
     @property
