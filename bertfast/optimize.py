@@ -10,6 +10,7 @@ loads and trains as before.
 import logging
 import warnings
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -27,7 +28,7 @@ def _attentions_requested(module, kwargs):
         return True
     try:  # transformers >= 5 records attentions through hooks, requested in a context variable
         from transformers.utils.output_capturing import _active_collector
-        return "attentions" in (_active_collector.get(None) or {})
+        return "attentions" in (_active_collector.get() or {})
     except (ImportError, LookupError):
         return False
 
@@ -41,7 +42,7 @@ def _key_padding_mask(attention_mask, batch, seqlen):
         return attention_mask.bool()
     if attention_mask.dim() == 4 and attention_mask.shape[-1] == seqlen and attention_mask.shape[1] == 1:
         row = attention_mask[:, 0, 0, :].expand(batch, seqlen)
-        return row if row.dtype == bool else row == 0  # additive masks: 0 where a key is attended
+        return row if row.dtype == torch.bool else row == 0  # additive masks: 0 where a key is attended
     return False
 
 
