@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from . import ops
+from .packing import gather_rows, scatter_rows
 
 
 def _fused(name):
@@ -37,26 +38,32 @@ def padded_positions(cu_seqlens, total, max_seqlen):
     return seq * max_seqlen + (token - cu[seq]), cu[1:] - cu[:-1]
 
 
-def attention_varlen(q, k, v, cu_seqlens, max_seqlen, *, dropout_p=0.0, scale=None):
+def attention_varlen(q, k, v, cu_seqlens, max_seqlen, *, dropout_p=0.0, scale=None, padding=None):
     """Self-attention within each packed sequence: q, k, v (total_tokens, heads, head_dim),
     sequence i being rows cu_seqlens[i]:cu_seqlens[i+1] (int32). max_seqlen may be any upper
-    bound of the lengths. Returns (total_tokens, heads, head_dim)."""
+    bound of the lengths. Returns (total_tokens, heads, head_dim).
+
+    padding: optional (flat_index, key_mask) the caller already has, where each packed token sits
+    in a (batch, seq) grid and which keys are real; only the plain-PyTorch fallback uses it (it
+    re-pads for one batched SDPA call), the fused op ignores it."""
     fused = _fused("attention_varlen")
     if fused is not None:
         return fused(q, k, v, cu_seqlens, max_seqlen, dropout_p=dropout_p, scale=scale)
-    # Fallback: re-pad to (batch, max_seqlen), one masked SDPA call, unpad.
-    batch = cu_seqlens.shape[0] - 1
     total, heads, head_dim = q.shape
-    flat_index, lengths = padded_positions(cu_seqlens, total, max_seqlen)
-    qkv = torch.stack((q, k, v))  # one scatter for the three
-    padded = qkv.new_zeros(3, batch * max_seqlen, heads, head_dim).index_copy(1, flat_index, qkv)
-    padded = padded.view(3, batch, max_seqlen, heads, head_dim).transpose(2, 3)
-    # key 0 always allowed: an empty sequence then attends to a zero pad row instead of
-    # giving NaN (which would reach real tokens' gradients through the batched backward)
-    key_mask = torch.arange(max_seqlen, device=q.device) < lengths.clamp(min=1)[:, None]
-    out = F.scaled_dot_product_attention(padded[0], padded[1], padded[2], attn_mask=key_mask[:, None, None, :],
-                                         dropout_p=dropout_p, scale=scale)
-    return out.transpose(1, 2).reshape(batch * max_seqlen, heads, head_dim).index_select(0, flat_index)
+    if padding is None:
+        flat_index, lengths = padded_positions(cu_seqlens, total, max_seqlen)
+        key_mask = torch.arange(max_seqlen, device=q.device) < lengths[:, None]
+    else:
+        flat_index, key_mask = padding
+    batch, seqlen = key_mask.shape
+    # an empty sequence attends to one zero pad key instead of giving NaN, which would reach
+    # real tokens' gradients through the batched backward
+    key_mask = key_mask | (torch.arange(seqlen, device=q.device) == 0)
+    padded = [scatter_rows(t, flat_index, batch * seqlen).view(batch, seqlen, heads, head_dim).transpose(1, 2)
+              for t in (q, k, v)]
+    out = F.scaled_dot_product_attention(*padded, attn_mask=key_mask[:, None, None, :], dropout_p=dropout_p,
+                                         scale=scale)
+    return gather_rows(out.transpose(1, 2).reshape(batch * seqlen, heads, head_dim), flat_index)
 
 
 def softmax_cross_entropy(logits, labels, *, ignore_index=-100, label_smoothing=0.0, reduction="mean"):

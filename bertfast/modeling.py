@@ -72,9 +72,14 @@ class BertSelfAttention(nn.Module):
         tokens = hidden.shape[0]
         qkv = F.linear(hidden, self.qkv_weight, self.qkv_bias).view(tokens, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.unbind(1)
-        context = kernels.attention_varlen(q, k, v, packing.cu_seqlens, packing.max_seqlen,
-                                           dropout_p=self.dropout_p if self.training else 0.0,
-                                           scale=1.0 / math.sqrt(self.head_dim))
+        dropout_p = self.dropout_p if self.training else 0.0
+        scale = 1.0 / math.sqrt(self.head_dim)
+        if packing.indices is None:  # no padding anywhere: the dense op on (batch, seq, heads, head_dim)
+            grid = (packing.batch, packing.seqlen, self.num_heads, self.head_dim)
+            context = kernels.attention(q.view(grid), k.view(grid), v.view(grid), dropout_p=dropout_p, scale=scale)
+        else:
+            context = kernels.attention_varlen(q, k, v, packing.cu_seqlens, packing.max_seqlen, dropout_p=dropout_p,
+                                               scale=scale, padding=(packing.indices, packing.key_mask))
         return context.reshape(tokens, self.num_heads * self.head_dim)
 
     _PARTS = ("query", "key", "value")

@@ -26,6 +26,44 @@ def _unpad_index_fake(attention_mask):
     return indices, attention_mask.new_empty((attention_mask.shape[0] + 1,), dtype=torch.int32)
 
 
+class _GatherRows(torch.autograd.Function):
+    """x.index_select(0, indices) for unique indices: the backward is a plain row copy
+    (index_copy) instead of the accumulating scatter that index_select's backward uses."""
+
+    @staticmethod
+    def forward(ctx, x, indices):
+        ctx.save_for_backward(indices)
+        ctx.rows = x.shape[0]
+        return x.index_select(0, indices)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (indices,) = ctx.saved_tensors
+        return grad.new_zeros((ctx.rows, *grad.shape[1:])).index_copy(0, indices, grad), None
+
+
+class _ScatterRows(torch.autograd.Function):
+    """A (rows, ...) tensor filled with `fill`, `x` copied into rows `indices` (unique)."""
+
+    @staticmethod
+    def forward(ctx, x, indices, rows, fill):
+        ctx.save_for_backward(indices)
+        return x.new_full((rows, *x.shape[1:]), fill).index_copy(0, indices, x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (indices,) = ctx.saved_tensors
+        return grad.index_select(0, indices), None, None, None
+
+
+def gather_rows(x, indices):
+    return _GatherRows.apply(x, indices)
+
+
+def scatter_rows(x, indices, rows, fill=0.0):
+    return _ScatterRows.apply(x, indices, rows, fill)
+
+
 class Packing:
     """Where the packed rows sit in the (batch, seqlen) grid.
 
@@ -36,6 +74,10 @@ class Packing:
 
     def __init__(self, batch, seqlen, device, attention_mask=None):
         self.batch, self.seqlen = batch, seqlen
+        self.key_mask = None if attention_mask is None else attention_mask != 0
+        if attention_mask is not None and device.type == "cpu" and not torch.compiler.is_compiling():
+            if bool(self.key_mask.all()):  # no padding: on the CPU, knowing it costs no device sync
+                attention_mask = self.key_mask = None
         if attention_mask is None:
             self.indices = None
             self.cu_seqlens = torch.arange(0, (batch + 1) * seqlen, seqlen, dtype=torch.int32, device=device)
@@ -50,7 +92,9 @@ class Packing:
     def pack(self, grid):
         """(batch, seqlen, ...) -> (tokens, ...)."""
         flat = grid.reshape(self.batch * self.seqlen, *grid.shape[2:])
-        return flat if self.indices is None else flat.index_select(0, self.indices)
+        if self.indices is None:
+            return flat
+        return gather_rows(flat, self.indices) if flat.requires_grad else flat.index_select(0, self.indices)
 
     def positions(self):
         """(tokens,) position of each packed token inside its row."""
@@ -62,8 +106,8 @@ class Packing:
         """(tokens, ...) -> (batch, seqlen, ...), `fill` where there was padding."""
         if self.indices is None:
             return rows.reshape(self.batch, self.seqlen, *rows.shape[1:])
-        grid = rows.new_full((self.batch * self.seqlen, *rows.shape[1:]), fill)
-        return grid.index_copy(0, self.indices, rows).view(self.batch, self.seqlen, *rows.shape[1:])
+        grid = scatter_rows(rows, self.indices, self.batch * self.seqlen, fill)
+        return grid.view(self.batch, self.seqlen, *rows.shape[1:])
 
     def first_tokens(self, rows):
         """(batch, ...) the first real token of each sequence (its [CLS]); an empty sequence
@@ -71,4 +115,4 @@ class Packing:
         if self.indices is None:
             return rows.view(self.batch, self.seqlen, *rows.shape[1:])[:, 0]
         starts = self.cu_seqlens[:-1].long().clamp(max=rows.shape[0] - 1)
-        return rows.index_select(0, starts)
+        return rows.index_select(0, starts)  # a few rows: index_select's backward is cheap here
