@@ -25,7 +25,7 @@ def _finish(output, return_dict):
 
 
 class BertForSequenceClassification(BertPreTrainedModel):
-    """[CLS] pooler -> dropout -> linear. Loss by `config.problem_type`, decided as transformers
+    """[CLS] pooler -> dropout -> linear; the last encoder layer computes the [CLS] rows only. Loss by `config.problem_type`, decided as transformers
     does when None: num_labels == 1 -> "regression" (MSE), integer labels -> single-label
     cross-entropy, float labels -> "multi_label_classification" (BCE with logits)."""
 
@@ -39,8 +39,8 @@ class BertForSequenceClassification(BertPreTrainedModel):
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None,
                 return_dict=True):
-        hidden, packing = self.bert.encode(input_ids, attention_mask, token_type_ids, position_ids)
-        logits = self.classifier(self.dropout(self.bert.pool(hidden, packing)))
+        first_tokens = self.bert.encode_first_tokens(input_ids, attention_mask, token_type_ids, position_ids)
+        logits = self.classifier(self.dropout(self.bert.pooler(first_tokens)))
         loss = None if labels is None else self.loss(logits, labels)
         return _finish(SequenceClassifierOutput(loss=loss, logits=logits), return_dict)
 

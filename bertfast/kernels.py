@@ -66,6 +66,27 @@ def attention_varlen(q, k, v, cu_seqlens, max_seqlen, *, dropout_p=0.0, scale=No
     return gather_rows(out.transpose(1, 2).reshape(batch * seqlen, heads, head_dim), flat_index)
 
 
+def first_query_attention(q, k, v, *, padding=None, dropout_p=0.0, scale=None):
+    """Attention of one query per sequence (its first token) to all of that sequence's keys.
+
+    q: (batch, heads, head_dim); k, v packed (total_tokens, heads, head_dim); padding as in
+    attention_varlen: (flat_index, key_mask (batch, seq)), or None when k and v are the whole
+    (batch * seq) grid. Returns (batch, heads, head_dim). Plain SDPA: batch queries are little work.
+    """
+    batch, heads, head_dim = q.shape
+    if padding is None:
+        seqlen, mask = k.shape[0] // batch, None
+        keys, values = (t.view(batch, seqlen, heads, head_dim).transpose(1, 2) for t in (k, v))
+    else:
+        flat_index, key_mask = padding
+        seqlen = key_mask.shape[1]
+        keys, values = (scatter_rows(t, flat_index, batch * seqlen).view(batch, seqlen, heads, head_dim).transpose(1, 2)
+                        for t in (k, v))
+        mask = (key_mask | (torch.arange(seqlen, device=q.device) == 0))[:, None, None, :]
+    out = F.scaled_dot_product_attention(q[:, :, None], keys, values, attn_mask=mask, dropout_p=dropout_p, scale=scale)
+    return out[:, :, 0]
+
+
 def softmax_cross_entropy(logits, labels, *, ignore_index=-100, label_smoothing=0.0, reduction="mean"):
     """Cross-entropy of (N, C) logits against (N,) int labels, as F.cross_entropy."""
     fused = _fused("softmax_cross_entropy")

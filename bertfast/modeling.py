@@ -82,6 +82,19 @@ class BertSelfAttention(nn.Module):
                                                scale=scale, padding=(packing.indices, packing.key_mask))
         return context.reshape(tokens, self.num_heads * self.head_dim)
 
+    def forward_first_tokens(self, hidden, first_rows, packing):
+        """Attention outputs of the first token of each sequence only: (batch, hidden). Keys and
+        values still come from every token; queries only from `first_rows` (batch, hidden)."""
+        size = self.num_heads * self.head_dim
+        q = F.linear(first_rows, self.qkv_weight[:size], self.qkv_bias[:size])
+        kv = F.linear(hidden, self.qkv_weight[size:], self.qkv_bias[size:]).view(-1, 2, self.num_heads, self.head_dim)
+        k, v = kv.unbind(1)
+        padding = None if packing.indices is None else (packing.indices, packing.key_mask)
+        context = kernels.first_query_attention(q.view(-1, self.num_heads, self.head_dim), k, v, padding=padding,
+                                                dropout_p=self.dropout_p if self.training else 0.0,
+                                                scale=1.0 / math.sqrt(self.head_dim))
+        return context.reshape(-1, size)
+
     _PARTS = ("query", "key", "value")
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
@@ -164,6 +177,14 @@ class BertLayer(nn.Module):
 
     def forward(self, hidden, packing):
         attended = self.attention(hidden, packing)
+        return self.output(self.intermediate(attended), attended)
+
+    def forward_first_tokens(self, hidden, packing):
+        """The layer's output for each sequence's first token only: (batch, hidden). For a last
+        layer whose other outputs nobody reads (a [CLS] classifier) this skips most of its GEMMs."""
+        first_rows = packing.first_tokens(hidden)
+        attended = self.attention.output(self.attention.self.forward_first_tokens(hidden, first_rows, packing),
+                                         first_rows)
         return self.output(self.intermediate(attended), attended)
 
 
@@ -315,13 +336,26 @@ class BertModel(BertPreTrainedModel):
     def encode(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None):
         """The encoder on packed tokens: (hidden (tokens, hidden), Packing)."""
         self._validate(input_ids, attention_mask, token_type_ids, position_ids)
+        hidden, packing = self._embed(input_ids, attention_mask, token_type_ids, position_ids)
+        return self.encoder(hidden, packing), packing
+
+    def _embed(self, input_ids, attention_mask, token_type_ids, position_ids):
         batch, seqlen = input_ids.shape
         packing = Packing(batch, seqlen, input_ids.device, attention_mask)
         ids = packing.pack(input_ids)
         types = torch.zeros_like(ids) if token_type_ids is None else packing.pack(token_type_ids)
         positions = packing.positions() if position_ids is None else packing.pack(position_ids)
-        hidden = self.embeddings(ids, types, positions)
-        return self.encoder(hidden, packing), packing
+        return self.embeddings(ids, types, positions), packing
+
+    def encode_first_tokens(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None):
+        """Final hidden state of each sequence's first token ([CLS]) only, (batch, hidden): the
+        last layer computes just those rows, as a [CLS] classifier needs nothing else."""
+        self._validate(input_ids, attention_mask, token_type_ids, position_ids)
+        hidden, packing = self._embed(input_ids, attention_mask, token_type_ids, position_ids)
+        layers = self.encoder.layer
+        for layer in layers[:-1]:
+            hidden = layer(hidden, packing)
+        return layers[-1].forward_first_tokens(hidden, packing)
 
     def pool(self, hidden, packing):
         return None if self.pooler is None else self.pooler(packing.first_tokens(hidden))

@@ -234,3 +234,16 @@ def test_torch_compile_fullgraph_matches_eager():
     assert_close(out.loss, ref.loss, "loss")
     assert_close(out.logits, ref.logits, "logits")
     out.loss.backward()
+
+
+def test_sequence_classification_without_mask_matches_transformers():
+    """The [CLS]-only last layer on the dense path (no padding anywhere)."""
+    kwargs = random_config_kwargs(6, num_labels=3)
+    ours, hf = twin_models("BertForSequenceClassification", kwargs)
+    ids, _, types = random_inputs(kwargs, 6)
+    labels = torch.tensor([2, 0, 1])
+    out, ref = ours(ids, token_type_ids=types, labels=labels), hf(ids, token_type_ids=types, labels=labels)
+    assert_close(out.logits, ref.logits, "logits")
+    out.loss.backward()
+    ref.loss.backward()
+    _compare_grads(ours, hf)
