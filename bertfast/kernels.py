@@ -38,6 +38,13 @@ def padded_positions(cu_seqlens, total, max_seqlen):
     return seq * max_seqlen + (token - cu[seq]), cu[1:] - cu[:-1]
 
 
+def _never_empty(key_mask):
+    """A row without any key attends to its (zero) first pad key instead of giving NaN, which
+    would reach real tokens' gradients through the batched backward."""
+    first = torch.arange(key_mask.shape[1], device=key_mask.device) == 0
+    return key_mask | (first & ~key_mask.any(1, keepdim=True))
+
+
 def attention_varlen(q, k, v, cu_seqlens, max_seqlen, *, dropout_p=0.0, scale=None, padding=None):
     """Self-attention within each packed sequence: q, k, v (total_tokens, heads, head_dim),
     sequence i being rows cu_seqlens[i]:cu_seqlens[i+1] (int32). max_seqlen may be any upper
@@ -56,9 +63,7 @@ def attention_varlen(q, k, v, cu_seqlens, max_seqlen, *, dropout_p=0.0, scale=No
     else:
         flat_index, key_mask = padding
     batch, seqlen = key_mask.shape
-    # an empty sequence attends to one zero pad key instead of giving NaN, which would reach
-    # real tokens' gradients through the batched backward
-    key_mask = key_mask | (torch.arange(seqlen, device=q.device) == 0)
+    key_mask = _never_empty(key_mask)
     padded = [scatter_rows(t, flat_index, batch * seqlen).view(batch, seqlen, heads, head_dim).transpose(1, 2)
               for t in (q, k, v)]
     out = F.scaled_dot_product_attention(*padded, attn_mask=key_mask[:, None, None, :], dropout_p=dropout_p,
@@ -82,7 +87,7 @@ def first_query_attention(q, k, v, *, padding=None, dropout_p=0.0, scale=None):
         seqlen = key_mask.shape[1]
         keys, values = (scatter_rows(t, flat_index, batch * seqlen).view(batch, seqlen, heads, head_dim).transpose(1, 2)
                         for t in (k, v))
-        mask = (key_mask | (torch.arange(seqlen, device=q.device) == 0))[:, None, None, :]
+        mask = _never_empty(key_mask)[:, None, None, :]
     out = F.scaled_dot_product_attention(q[:, :, None], keys, values, attn_mask=mask, dropout_p=dropout_p, scale=scale)
     return out[:, :, 0]
 

@@ -223,11 +223,14 @@ def test_bad_inputs_raise_clear_errors(bad, message):
         model(ids, token_type_ids=types)
 
 
-def test_torch_compile_fullgraph_matches_eager():
-    kwargs = random_config_kwargs(1, num_hidden_layers=1)
-    model = bertfast.BertForTokenClassification(bertfast.BertConfig(**kwargs, num_labels=3)).eval()
+@pytest.mark.parametrize("head", ["BertForTokenClassification", "BertForSequenceClassification"])
+def test_torch_compile_fullgraph_matches_eager(head):
+    kwargs = random_config_kwargs(1, num_hidden_layers=2)
+    model = getattr(bertfast, head)(bertfast.BertConfig(**kwargs, num_labels=3)).eval()
     ids, mask, types = random_inputs(kwargs, 1)
     labels = _token_labels(kwargs, ids, mask, torch.Generator().manual_seed(0), num_labels=3)["labels"]
+    if head == "BertForSequenceClassification":
+        labels = labels[:, 0].clamp(min=0)
     compiled = torch.compile(model, fullgraph=True)
     out = compiled(ids, attention_mask=mask, token_type_ids=types, labels=labels)
     ref = model(ids, attention_mask=mask, token_type_ids=types, labels=labels)
@@ -247,3 +250,16 @@ def test_sequence_classification_without_mask_matches_transformers():
     out.loss.backward()
     ref.loss.backward()
     _compare_grads(ours, hf)
+
+
+def test_masks_with_holes_match_transformers():
+    """Left padding and holes: real tokens keep their positions and see only real keys."""
+    kwargs = random_config_kwargs(8)
+    ours, hf = twin_models("BertModel", kwargs)
+    ids, _, types = random_inputs(kwargs, 8, seqlen=12)
+    mask = torch.ones_like(ids)
+    mask[1, :5] = 0  # left padding
+    mask[2, 3:6] = 0  # a hole
+    real = mask.bool()
+    assert_close(ours(ids, attention_mask=mask, token_type_ids=types).last_hidden_state[real],
+                 hf(ids, attention_mask=mask, token_type_ids=types).last_hidden_state[real], "last_hidden_state")
