@@ -13,7 +13,9 @@ A third contender, transformers after bertfast.optimize(), shows the drop-in pat
     python benchmarks/bench_model.py --device cuda --config bert-base --batch 64 --autocast bf16
     python benchmarks/bench_model.py --json results.json
 
-Reports the median seconds per step after warm-up and the speed-up over transformers.
+Reports the median seconds per step after warm-up and the speed-up over transformers; also
+the process CPU time per step, a steadier measure on a shared, oversubscribed machine (where
+wall time mostly measures the other tenants). Contenders run interleaved, step by step.
 """
 import argparse
 import copy
@@ -76,11 +78,11 @@ class Trainer:
     def __init__(self, model, device, autocast):
         self.model, self.device, self.autocast = model.train(), device, autocast
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-        self.times = []
+        self.times, self.cpu_times = [], []
 
     def step(self, inputs, timed=True):
         sync(self.device)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
             loss = self.model(**inputs).loss
         loss.backward()
@@ -89,6 +91,7 @@ class Trainer:
         sync(self.device)
         if timed:
             self.times.append(time.perf_counter() - start)
+            self.cpu_times.append(time.process_time() - cpu_start)
 
 
 def time_round_robin(trainers, batches, steps, warmup):
@@ -100,7 +103,8 @@ def time_round_robin(trainers, batches, steps, warmup):
     for i in range(steps):
         for trainer in trainers.values():
             trainer.step(batches[i % len(batches)])
-    return {name: (statistics.median(t.times), t.times) for name, t in trainers.items()}
+    return {name: (statistics.median(t.times), t.times, statistics.median(t.cpu_times))
+            for name, t in trainers.items()}
 
 
 def main():
@@ -145,14 +149,18 @@ def main():
         batches = make_batches(kind, args.batch, args.seq, config_kwargs["vocab_size"], max(args.steps, 4), 0, device)
         real = sum(int(b["attention_mask"].sum()) for b in batches)
         padded = sum(b["attention_mask"].numel() for b in batches)
-        shape = {"real_token_fraction": round(real / padded, 3), "seconds_per_step": {}}
+        shape = {"real_token_fraction": round(real / padded, 3), "seconds_per_step": {}, "cpu_seconds_per_step": {}}
         trainers = {name: Trainer(model, device, autocast) for name, model in contenders.items()}
-        for name, (median, times) in time_round_robin(trainers, batches, args.steps, args.warmup).items():
+        for name, (median, times, cpu) in time_round_robin(trainers, batches, args.steps, args.warmup).items():
             shape["seconds_per_step"][name] = median
-            print(f"{kind:5s} {name:22s} {median:8.3f} s/step  (runs {', '.join(f'{t:.3f}' for t in times)})",
-                  flush=True)
+            shape["cpu_seconds_per_step"][name] = cpu
+            print(f"{kind:5s} {name:22s} {median:8.3f} s/step  (runs {', '.join(f'{t:.3f}' for t in times)}; "
+                  f"process CPU {cpu:.3f} s/step)", flush=True)
         base = shape["seconds_per_step"]["transformers-sdpa"]
         shape["speedup_vs_transformers"] = {n: round(base / t, 3) for n, t in shape["seconds_per_step"].items()}
+        cpu_base = shape["cpu_seconds_per_step"]["transformers-sdpa"]
+        shape["cpu_time_speedup_vs_transformers"] = {n: round(cpu_base / t, 3)
+                                                     for n, t in shape["cpu_seconds_per_step"].items()}
         print(f"{kind:5s} speed-up vs transformers-sdpa: {shape['speedup_vs_transformers']} "
               f"(real tokens {shape['real_token_fraction']:.0%} of padded)", flush=True)
         results["shapes"][kind] = shape
