@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import kernels
+from ._library import has_cuda_kernels
 from .config import SUPPORTED_ACTIVATIONS
 from .ops import add_layer_norm
 
@@ -118,6 +119,9 @@ def optimize(model):
                       "model with a `.bert` BertModel; left unchanged", stacklevel=2)
         return model
     reason = _unsupported_reason(base.config)
+    on_cuda = any(p.device.type == "cuda" for p in base.parameters())
+    if reason is None and on_cuda and not has_cuda_kernels():
+        reason = "it is on a CUDA device and this bertfast build has no CUDA kernels (rebuild with nvcc)"
     if reason is None:
         for i, layer in enumerate(base.encoder.layer):
             parts = (layer.attention.self, layer.attention.output, layer.output)
