@@ -17,10 +17,18 @@ def _fused(name):
     return getattr(ops, name, None)
 
 
+def _fused_attention(name, q):
+    """The fused attention op, except for float32 on CUDA: its tensor-core kernels take
+    fp16/bf16 (autocast gives those), and SDPA serves fp32 there."""
+    if q.is_cuda and q.dtype == torch.float32 and not torch.is_autocast_enabled("cuda"):
+        return None
+    return _fused(name)
+
+
 def attention(q, k, v, *, key_padding_mask=None, dropout_p=0.0, scale=None):
     """Self-attention on (batch, seq, heads, head_dim) tensors; key_padding_mask (batch, seq)
     bool, True where a key may be attended. Returns (batch, seq, heads, head_dim)."""
-    fused = _fused("attention")
+    fused = _fused_attention("attention", q)
     if fused is not None:
         return fused(q, k, v, key_padding_mask=key_padding_mask, dropout_p=dropout_p, scale=scale)
     mask = None if key_padding_mask is None else key_padding_mask[:, None, None, :]
@@ -53,7 +61,7 @@ def attention_varlen(q, k, v, cu_seqlens, max_seqlen, *, dropout_p=0.0, scale=No
     padding: optional (flat_index, key_mask) the caller already has, where each packed token sits
     in a (batch, seq) grid and which keys are real; only the plain-PyTorch fallback uses it (it
     re-pads for one batched SDPA call), the fused op ignores it."""
-    fused = _fused("attention_varlen")
+    fused = _fused_attention("attention_varlen", q)
     if fused is not None:
         return fused(q, k, v, cu_seqlens, max_seqlen, dropout_p=dropout_p, scale=scale)
     total, heads, head_dim = q.shape
