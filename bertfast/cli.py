@@ -183,14 +183,14 @@ def _run_finetune(args):
     from .train import finetune
     cfg, default_run = finetune_config(args)
     if default_run and _is_main_process():
-        print(f"bertfast finetune: embedded default run: {cfg.task} on {os.path.relpath(cfg.train)} "
+        print(f"bertfast finetune: embedded default run: {cfg.task} on {cfg.train} "
               f"({cfg.max_train_examples} examples) with {cfg.model}, {cfg.epochs} epochs on {cfg.device}", flush=True)
     result = finetune(cfg)
     if _is_main_process():
         final = result["best"] or result["eval"]
         if final:
             shown = ", ".join(f"{k} {v:.4f}" for k, v in final.items())
-            print(f"held-out ({os.path.relpath(cfg.eval) if cfg.eval else ''}): {shown}")
+            print(f"held-out ({cfg.eval}): {shown}")
         print(f"model: {os.path.abspath(result['output'])}  "
               f"(bertfast predict --model {result['output']} --input FILE --output predictions.jsonl)")
     return 0

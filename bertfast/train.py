@@ -276,7 +276,7 @@ def _train(cfg, ctx, log, tok, labels, train_examples, eval_examples):
     features, truncated = _encode(cfg.task, tok, train_examples, cfg, label_to_id)
     what = "questions" if cfg.task == "qa" else "texts"
     log(f"train: {len(train_examples)} examples from {cfg.train} -> {len(features)} inputs"
-        + (f"; {truncated} {what} longer than --max-length {cfg.max_length} tokens were truncated" if truncated else ""))
+        + (f"; {truncated} of the {what} longer than --max-length {cfg.max_length} tokens were truncated" if truncated else ""))
     if cfg.task == "tag":  # sentences with no labelled token would divide by zero
         features = [f for f in features if any(t != -100 for t in f.label)]
     eval_features = None
@@ -366,7 +366,7 @@ def _train(cfg, ctx, log, tok, labels, train_examples, eval_examples):
     from tqdm import tqdm
     bar = tqdm(total=total_steps, initial=state["global_step"], disable=not (cfg.progress and ctx.is_main),
                desc=f"finetune {cfg.task}", unit="step", dynamic_ncols=True, file=sys.stderr)
-    start_time, tokens_this_run, loss_ema = time.time(), 0, None
+    start_time, tokens_this_run = time.time(), 0
     while state["epoch"] < len(epoch_steps):
         epoch = state["epoch"]
         batches = epoch_batches([len(f.input_ids) for f in features], global_batch, cfg.seed, epoch)
@@ -413,7 +413,8 @@ def _train(cfg, ctx, log, tok, labels, train_examples, eval_examples):
             state["tokens"] += int(step_tokens)
             tokens_this_run += int(step_tokens)
             mean_loss = step_loss / max(n_items, 1)
-            loss_ema = mean_loss if loss_ema is None else 0.9 * loss_ema + 0.1 * mean_loss
+            loss_ema = mean_loss if state.get("loss_ema") is None else 0.9 * state["loss_ema"] + 0.1 * mean_loss
+            state["loss_ema"] = loss_ema  # in the checkpoint, so a resumed run logs the same losses
             elapsed = time.time() - start_time
             bar.set_postfix(loss=f"{loss_ema:.4f}", tok_s=f"{tokens_this_run / max(elapsed, 1e-9):,.0f}", refresh=False)
             bar.update(1)

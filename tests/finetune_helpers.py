@@ -25,6 +25,8 @@ def make_tiny_bert(folder, seed=0, dropout=0.1, hidden=32, layers=2):
     config = BertConfig(vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
                         intermediate_size=2 * hidden, max_position_embeddings=512,
                         hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()
     torch.manual_seed(seed)
     BertModel(config).save_pretrained(folder, safe_serialization=True)
     for name in MINILM_TOKENIZER_FILES:

@@ -122,7 +122,7 @@ def test_truncation_is_counted_in_the_log(tiny, tmp_path, capsys):
                             "--batch-size", "32", "--no-progress")
     assert code == 0, err
     log = (out / "train_log.txt").read_text()
-    assert "longer than --max-length 24 tokens were truncated" in log
+    assert "texts longer than --max-length 24 tokens were truncated" in log
     assert "were truncated" in stdout
 
 
