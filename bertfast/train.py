@@ -276,7 +276,7 @@ def _train(cfg, ctx, log, tok, labels, train_examples, eval_examples):
     features, truncated = _encode(cfg.task, tok, train_examples, cfg, label_to_id)
     what = "questions" if cfg.task == "qa" else "texts"
     log(f"train: {len(train_examples)} examples from {cfg.train} -> {len(features)} inputs"
-        + (f"; {truncated} of the {what} longer than --max-length {cfg.max_length} tokens were truncated" if truncated else ""))
+        + (f"; {truncated} {what} longer than --max-length {cfg.max_length} tokens were truncated" if truncated else ""))
     if cfg.task == "tag":  # sentences with no labelled token would divide by zero
         features = [f for f in features if any(t != -100 for t in f.label)]
     eval_features = None
