@@ -19,7 +19,7 @@ def _load(model_dir, task, device, max_length):
     tok = BertTokenizer(model_dir)
     model, _ = load_model(task, model_dir)
     model.to(device).eval()
-    labels = info.get("labels") or label_names(model)
+    labels = (info.get("labels") or label_names(model)) if task in ("classify", "pair", "tag") else None
     if task in ("classify", "pair", "tag") and not labels:
         raise ValueError(f"{model_dir}: the config has no label names (id2label)")
     max_length = max_length or info.get("max_length") or 512

@@ -299,9 +299,12 @@ def _train(cfg, ctx, log, tok, labels, train_examples, eval_examples):
         train_module = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
+    # An optimizer step takes step_size examples: micro-batches of global_batch, each split across ranks.
+    # The epoch order is built over whole steps, so accumulation and DDP change how a step is
+    # computed, never which examples it holds.
     global_batch = cfg.batch_size * ctx.world_size
-    micro_batches = math.ceil(len(features) / global_batch)
-    steps_per_epoch = math.ceil(micro_batches / cfg.gradient_accumulation)
+    step_size = global_batch * cfg.gradient_accumulation
+    steps_per_epoch = math.ceil(len(features) / step_size)
     full_epochs, fraction = int(cfg.epochs), cfg.epochs - int(cfg.epochs)
     epoch_steps = [steps_per_epoch] * full_epochs + ([max(1, round(fraction * steps_per_epoch))] if fraction > 0 else [])
     total_steps = sum(epoch_steps)
@@ -369,9 +372,8 @@ def _train(cfg, ctx, log, tok, labels, train_examples, eval_examples):
     start_time, tokens_this_run = time.time(), 0
     while state["epoch"] < len(epoch_steps):
         epoch = state["epoch"]
-        batches = epoch_batches([len(f.input_ids) for f in features], global_batch, cfg.seed, epoch)
-        groups = [batches[i:i + cfg.gradient_accumulation] for i in range(0, len(batches), cfg.gradient_accumulation)]
-        groups = groups[:epoch_steps[epoch]]
+        steps = epoch_batches([len(f.input_ids) for f in features], step_size, cfg.seed, epoch)[:epoch_steps[epoch]]
+        groups = [[step[i:i + global_batch] for i in range(0, len(step), global_batch)] for step in steps]
         digest = _order_digest(groups)
         if state.get("order_digest") not in (None, digest) and state["step_in_epoch"] > 0:
             raise FinetuneError("--resume: the training data no longer gives the same batches as the checkpoint")

@@ -46,7 +46,8 @@ EXPECTED_METRICS = {"classify": {"accuracy", "f1", "mcc"}, "pair": {"accuracy", 
 def test_each_task_end_to_end(task, tiny, tmp_path):
     from bertfast.predict import evaluate, predict
     out = tmp_path / "out"
-    result = finetune(config(task, tiny, out, max_length=128 if task == "qa" else 64))
+    extra = {"qa": dict(max_length=128), "tag": dict(max_train_examples=0, epochs=0.1)}.get(task, {})
+    result = finetune(config(task, tiny, out, **extra))  # tag: every tag of the eval file must occur in train
     assert EXPECTED_METRICS[task] <= set(result["eval"])
     assert all(math.isfinite(v) for v in result["eval"].values())
     for name in ("config.json", "model.safetensors", "tokenizer.json", "bertfast_task.json", "eval_log.jsonl"):
@@ -161,7 +162,9 @@ def test_ddp_two_processes_match_one(tiny_no_dropout, tmp_path):
 def test_minilm_learns_sentiment(tmp_path):
     """The real checkpoint on real reviews: well above chance after a short run."""
     from finetune_helpers import minilm_path
-    result = finetune(config("classify", minilm_path(), tmp_path / "m", max_train_examples=800, epochs=1,
+    held_out = tmp_path / "held_out.csv"
+    held_out.write_text("\n".join(open(sample_path("classify", "eval")).read().splitlines()[:401]) + "\n")
+    result = finetune(config("classify", minilm_path(), tmp_path / "m", max_train_examples=800, epochs=1, eval=str(held_out),
                              batch_size=32, lr=1e-4, precision="bf16", max_length=48, warmup_ratio=0.1))
     assert result["best"]["accuracy"] >= 0.70, result["best"]
 
