@@ -42,6 +42,7 @@ def _finetune_parser(sub):
     g.add_argument("--text-pair-column", help="column of the second text (pair, regress)")
     g.add_argument("--label-column", help="column of the label")
     g.add_argument("--max-length", type=int, help="tokens per input, special tokens included; longer texts are truncated (count logged) (default 128)")
+    g.add_argument("--max-train-examples", type=int, help="use only the first N training examples (default: all)")
     g.add_argument("--doc-stride", type=int, help="qa: overlap in tokens between windows of a long context (default 128)")
     h = p.add_argument_group("optimisation")
     h.add_argument("--epochs", type=float, help="passes over the training data; fractions allowed (default 3)")
@@ -112,7 +113,7 @@ def _ours_or_absent(folder):
 def finetune_config(args):
     """A FinetuneConfig from the parsed arguments; the embedded default when no task, model or
     train file is given (other arguments still apply)."""
-    from .data.samples import sample_path
+    from .data.sample_data import sample_path
     from .train import FinetuneConfig
     given = {k: v for k, v in vars(args).items() if v is not None and k != "command"}
     progress = not given.pop("no_progress", False)

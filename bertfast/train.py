@@ -3,6 +3,7 @@
 The run is a pure function of its arguments and seed: the data order of each epoch comes from
 (seed, epoch), every random number from RNG states that checkpoints carry, so a run killed at any
 moment and resumed ends with bitwise the same weights as one that never stopped."""
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -389,7 +390,7 @@ def _train(cfg, ctx, log, tok, labels, train_examples, eval_examples):
                 batch = {k: v.to(device, non_blocking=True)
                          for k, v in collate(cfg.task, features, local, tok.pad_id).items()}
                 sync = not ctx.enabled or j == len(group) - 1
-                with (train_module.no_sync() if not sync else _nullcontext()):
+                with (train_module.no_sync() if not sync else contextlib.nullcontext()):
                     with inference.autocast(device, cfg.precision):
                         out = train_module(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                            token_type_ids=batch["token_type_ids"])
@@ -451,11 +452,6 @@ def _train(cfg, ctx, log, tok, labels, train_examples, eval_examples):
            f"{state['best_metric']:.4f})" if state["best"] else ""))
     return {"output": out_dir, "eval": state["last_eval"], "best": state["best"], "steps": state["global_step"],
             "seconds": seconds, "labels": labels}
-
-
-def _nullcontext():
-    import contextlib
-    return contextlib.nullcontext()
 
 
 def _append_jsonl(path, record):

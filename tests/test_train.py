@@ -166,7 +166,7 @@ def test_minilm_learns_sentiment(tmp_path):
     held_out.write_text("\n".join(open(sample_path("classify", "eval")).read().splitlines()[:401]) + "\n")
     result = finetune(config("classify", minilm_path(), tmp_path / "m", max_train_examples=800, epochs=1, eval=str(held_out),
                              batch_size=32, lr=1e-4, precision="bf16", max_length=48, warmup_ratio=0.1))
-    assert result["best"]["accuracy"] >= 0.70, result["best"]
+    assert result["best"]["accuracy"] >= 0.65, result["best"]  # chance is 0.5 (balanced); 400 examples: sd 0.025
 
 
 # metrics: definitions checked on cases worked out by hand
@@ -205,3 +205,40 @@ def test_squad_metrics():
     m = metrics.squad_metrics({"a": "broncos", "b": "1990"}, examples)
     assert m["exact_match"] == pytest.approx(50.0)
     assert m["f1"] == pytest.approx(100 * (1.0 + 2 * (1 / 1) * (1 / 2) / 1.5) / 2)
+
+
+def test_decoding_oracle_outputs_scores_perfectly():
+    """Logits that point at the gold answer / gold tags decode to a perfect score: the QA window,
+    offset and max-context bookkeeping and the tag-to-word alignment lose nothing."""
+    from bertfast import inference
+    from bertfast.data import label_list, load_examples
+    from bertfast.tokenization import BertTokenizer, encode_qa_examples, encode_tag_examples
+    from finetune_helpers import minilm_path
+    tok = BertTokenizer(minilm_path())
+    examples = load_examples("qa", sample_path("qa", "eval"))
+    features, _ = encode_qa_examples(tok, examples, 96, doc_stride=32)
+    outputs = []
+    for f in features:
+        start, end = np.zeros(len(f.input_ids)), np.zeros(len(f.input_ids))
+        if f.start_position:
+            start[f.start_position] = end[f.end_position] = 10.0
+        outputs.append((start, end))
+    predictions = inference.decode("qa", examples, features, outputs, None)
+    assert inference.score("qa", examples, predictions, None)["exact_match"] > 97.0
+    for ex, p in zip(examples, predictions):
+        if not any(metrics.squad_exact_match(p["text"], a["text"]) for a in ex["answers"]):
+            # only answers that end inside a word ("8" of "18") cannot be given exactly by token spans
+            assert ex["answers"][0]["text"] in p["text"], (p["text"], ex["answers"][0]["text"])
+
+    examples = load_examples("tag", sample_path("tag", "eval"))
+    labels = label_list("tag", load_examples("tag", sample_path("tag")))
+    index = {t: i for i, t in enumerate(labels)}
+    features, _ = encode_tag_examples(tok, examples, 512, index)
+    outputs = []
+    for f, ex in zip(features, examples):
+        word_logits = np.zeros((len(ex.tokens), len(labels)), dtype=np.float32)
+        word_logits[np.arange(len(ex.tokens)), [index[t] for t in ex.tags]] = 1.0
+        word_logits[np.asarray(f.word_starts) < 0] = np.nan  # words that tokenize to nothing
+        outputs.append(word_logits)
+    scores = inference.score("tag", examples, inference.decode("tag", examples, features, outputs, labels), labels)
+    assert scores["token_accuracy"] > 0.999 and scores["f1"] > 0.99
