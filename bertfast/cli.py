@@ -117,6 +117,12 @@ def finetune_config(args):
     from .train import FinetuneConfig
     given = {k: v for k, v in vars(args).items() if v is not None and k != "command"}
     progress = not given.pop("no_progress", False)
+    if given.get("resume"):  # the run's saved arguments fill in the rest (bertfast.train._resumed_config)
+        if "output" not in given:
+            raise SystemExit("bertfast finetune: error: --resume needs --output (the folder of the run to continue)")
+        for key in ("task", "model", "train"):
+            given.setdefault(key, "")
+        return FinetuneConfig(progress=progress, **given), False
     default_run = not any(k in given for k in ("task", "model", "train"))
     if default_run:
         output = given.get("output", DEFAULT_OUTPUT)
@@ -124,10 +130,6 @@ def finetune_config(args):
                     eval=sample_path("classify", "eval"), output=output, overwrite=_ours_or_absent(output))
         base.update(given)
         return FinetuneConfig(progress=progress, **base), True
-    if given.get("resume") and "output" in given:
-        given.setdefault("task", "classify")  # the saved run arguments replace these
-        given.setdefault("model", "")
-        given.setdefault("train", "")
     missing = [f"--{k}" for k in ("task", "model", "train", "output") if k not in given]
     if missing:
         raise SystemExit(f"bertfast finetune: error: {', '.join(missing)} required "
@@ -176,7 +178,10 @@ def main(argv=None):
     except (DataError, FinetuneError, FileNotFoundError, ValueError, OSError) as e:
         return _fail(args.command, e)
     except KeyboardInterrupt:
-        return _fail(args.command, "interrupted; continue with --resume")
+        output = getattr(args, "output", None) or ""
+        kept = args.command == "finetune" and os.path.exists(os.path.join(output, "checkpoints", "POINTER.json"))
+        return _fail(args.command, f"interrupted; continue with `bertfast finetune --resume --output {output}`"
+                     if kept else "interrupted")
     return 0
 
 

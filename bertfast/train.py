@@ -208,6 +208,8 @@ def finetune(cfg: FinetuneConfig):
 def _finetune(cfg, ctx):
     log = Log(ctx, cfg.quiet)
     device = ctx.device
+    if cfg.resume:  # a resumed run takes its arguments from the run it continues
+        cfg = _resumed_config(cfg)
     if cfg.precision not in ("fp32", "bf16", "fp16"):
         raise FinetuneError(f"--precision {cfg.precision}: choose fp32, bf16 or fp16")
     if cfg.precision == "fp16" and device.type != "cuda":
@@ -217,8 +219,6 @@ def _finetune(cfg, ctx):
             raise FinetuneError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
     if cfg.epochs <= 0:
         raise FinetuneError(f"--epochs must be positive, got {cfg.epochs}")
-    if cfg.resume:  # a resumed run takes its arguments from the run it continues
-        cfg = _resumed_config(cfg)
 
     # Everything that can fail on bad input is checked before a file is written.
     try:

@@ -78,7 +78,9 @@ def save_model_files(model, source_dir, task_info, target_dir):
     if type(model).__module__.startswith("transformers"):
         from transformers.utils import logging as hf_logging
         hf_logging.disable_progress_bar()  # no "Writing model shards" bar in our output
-    model.save_pretrained(target_dir, safe_serialization=True)
+        model.save_pretrained(target_dir, safe_serialization=True)
+    else:
+        model.save_pretrained(target_dir)  # bertfast's own classes write safetensors
     for name in TOKENIZER_FILES:
         src = os.path.join(source_dir, name)
         if os.path.exists(src):

@@ -103,7 +103,8 @@ def test_resume_after_kills_is_bitwise_identical(tiny, tmp_path):
     """Killed in the middle of writing a checkpoint, then between checkpoints, then resumed:
     the final weights (best and last) equal those of a run that never stopped, bit for bit.
     Dropout is on, so the RNG states must be restored too."""
-    args = lambda out: finetune_args(tiny, out) + ["--train", str(small_train(tmp_path))]
+    args = lambda out: finetune_args(tiny, out) + ["--train", str(small_train(tmp_path)),
+                                                   "--eval", str(small_train(tmp_path, "eval", 100))]
     run_cli(args(tmp_path / "straight"))
     killed = tmp_path / "killed"
     first = run_cli(args(killed), {"BERTFAST_TEST_DIE_AT": "save:4"}, check=False)
@@ -128,10 +129,11 @@ def test_resume_after_kills_is_bitwise_identical(tiny, tmp_path):
     assert strip(tmp_path / "straight" / "eval_log.jsonl") == strip(killed / "eval_log.jsonl")
 
 
-def small_train(tmp_path):
-    path = tmp_path / "small.csv"
+def small_train(tmp_path, split="train", rows=120):
+    """The first rows of the sentiment sample: subprocess runs stay short."""
+    path = tmp_path / f"small-{split}.csv"
     if not path.exists():
-        lines = open(sample_path("classify")).read().splitlines()[:121]
+        lines = open(sample_path("classify", split)).read().splitlines()[:rows + 1]
         path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -139,7 +141,7 @@ def small_train(tmp_path):
 def test_ddp_two_processes_match_one(tiny_no_dropout, tmp_path):
     """torchrun with 2 CPU processes (gloo), batch 8 each, against 1 process with batch 16."""
     common = ["--task", "classify", "--model", tiny_no_dropout, "--train", str(small_train(tmp_path)),
-              "--eval", sample_path("classify", "eval"), "--max-length", "48", "--epochs", "2", "--lr", "1e-3",
+              "--eval", str(small_train(tmp_path, "eval", 200)), "--max-length", "48", "--epochs", "2", "--lr", "1e-3",
               "--device", "cpu", "--seed", "3", "--no-progress"]
     run_cli(["finetune", *common, "--batch-size", "16", "--output", str(tmp_path / "one")])
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
@@ -242,3 +244,19 @@ def test_decoding_oracle_outputs_scores_perfectly():
         outputs.append(word_logits)
     scores = inference.score("tag", examples, inference.decode("tag", examples, features, outputs, labels), labels)
     assert scores["token_accuracy"] > 0.999 and scores["f1"] > 0.99
+
+
+def test_bertfast_model_classes_are_preferred(tiny, monkeypatch, tmp_path):
+    """Once bertfast exports its own BertFor* classes, the trainer uses them (same API)."""
+    import bertfast
+    import transformers
+    from bertfast.train_models import label_names, load_model, save_model_files
+
+    class OwnClassifier(transformers.BertForSequenceClassification):  # stands in for bertfast's class
+        pass
+
+    monkeypatch.setattr(bertfast, "BertForSequenceClassification", OwnClassifier, raising=False)
+    model, _ = load_model("pair", tiny, ["no", "yes"])
+    assert type(model) is OwnClassifier and label_names(model) == ["no", "yes"]
+    save_model_files(model, tiny, {"task": "pair"}, str(tmp_path))
+    assert (tmp_path / "model.safetensors").exists() and (tmp_path / "bertfast_task.json").exists()
