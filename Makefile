@@ -11,7 +11,7 @@ export MAX_JOBS ?= $(shell sh scripts/max_jobs.sh)
 # Pinned CUDA build of torch: with nvcc present, every .cu file is compiled (sm_80 and sm_90).
 TORCH_SPEC ?= torch==2.14.1
 DEPS := numpy ninja tqdm "transformers>=4.40" "tokenizers>=0.15" "safetensors>=0.4" \
-        pytest hypothesis pytest-benchmark expecttest
+        pytest hypothesis pytest-benchmark expecttest accelerate
 
 # Archs of `make wheel`: A100 and H100 SASS plus PTX that newer GPUs JIT-compile.
 WHEEL_ARCH_LIST ?= $(or $(TORCH_CUDA_ARCH_LIST),8.0;9.0+PTX)

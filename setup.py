@@ -186,7 +186,7 @@ def main():
     _log(f"version {version}, requires {torch_requirement(torch.__version__)}")
     setup(
         version=version,
-        install_requires=[torch_requirement(torch.__version__), "numpy"],
+        install_requires=[torch_requirement(torch.__version__), "numpy", "safetensors>=0.4", "tokenizers>=0.19", "tqdm"],
         packages=find_packages(include=["bertfast", "bertfast.*"]),
         # Data files shipped inside the package (sample data, configs), whatever their folder.
         package_data={"bertfast": ["data/**/*"]},

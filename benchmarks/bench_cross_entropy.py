@@ -6,17 +6,25 @@
    ignored, forward + backward, vs F.cross_entropy (target: at least 8x faster).
 2. linear_cross_entropy, CPU, N=8192, H=768, V=30522 float32, forward + backward, vs
    F.linear + F.cross_entropy (targets: peak memory <= 25%, speed >= 0.9x).
-   Peak memory: each variant runs in its own subprocess; before each timed repetition the
-   process resets its resident-set high-water mark (writing 5 to /proc/self/clear_refs) and
-   afterwards reads VmHWM from /proc/self/status. "peak extra" = VmHWM - VmRSS just before
-   the step: the memory the step itself needed on top of inputs and weights (torch's CPU
-   allocator keeps no statistics; glibc returns large blocks to the OS, so RSS tracks them).
+   Peak memory: each variant runs in its own subprocess; after a warm-up step the process
+   resets its resident-set high-water mark (writing 5 to /proc/self/clear_refs), runs one
+   step and reads VmHWM from /proc/self/status. "peak extra" = VmHWM - VmRSS just before
+   the step: the memory the step itself needed on top of inputs, weights and the runtime
+   (torch's CPU allocator keeps no statistics; glibc returns large blocks to the OS, so RSS
+   tracks them). Speed: both variants in one process, taking turns.
 3. On a CUDA device: softmax_cross_entropy forward + backward vs F.cross_entropy for fp32 /
    bf16 / fp16, with achieved bandwidth (bytes that must move: read the logits in forward,
    read them and write the gradient in backward) against the device's measured copy bandwidth.
 
-Times are medians after a warm-up. Timings gather the logits' gradient with
-torch.autograd.grad, as a model's backward would hand it on (no clone into .grad).
+Times are medians after a warm-up, the variants taking turns in every repetition. Timings
+gather the logits' gradient with torch.autograd.grad, as a model's backward would hand it on
+(no clone into .grad).
+
+On CPU the non-in-place backward's time is mostly the page faults of its fresh (rows,
+classes) gradient buffer (torch's CPU allocator caches nothing; large blocks come straight
+from mmap), which F.cross_entropy pays three times over. Torch's own switch
+THP_MEM_ALLOC_ENABLE=1 (transparent huge pages for every large allocation) cuts that cost
+for both sides; the in-place variant avoids it.
 """
 import argparse
 import json
@@ -85,7 +93,24 @@ def bench_softmax_ce(rows, classes, dtype, device, reps, smoothing=0.1):
         "bertfast_inplace": lambda x, y: softmax_cross_entropy(x, y, label_smoothing=smoothing,
                                                                inplace_backward=True),
     }
-    return {name: median_time(step(fn), reps, device=device, prepare=refill) for name, fn in variants.items()}
+    return interleaved_medians({name: step(fn) for name, fn in variants.items()}, reps, device, prepare=refill)
+
+
+def interleaved_medians(steps, reps, device, prepare=None, warmup=1):
+    """Median seconds of each step, the steps taking turns within every repetition so that
+    a change in machine load (shared CI hosts) hits every variant alike."""
+    times = {name: [] for name in steps}
+    for i in range(warmup + reps):
+        for name, step in steps.items():
+            if prepare is not None:
+                prepare()
+            _sync(device)
+            start = time.perf_counter()
+            step()
+            _sync(device)
+            if i >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 # ---- linear_cross_entropy: one subprocess per variant ----
@@ -103,42 +128,52 @@ def _reset_peak_rss():
         f.write("5")
 
 
-def linear_worker(variant, rows, hidden_size, vocab, reps):
+def linear_inputs(rows, hidden_size, vocab):
     torch.manual_seed(0)
-    hidden = (torch.randn(rows, hidden_size)).requires_grad_()
+    hidden = torch.randn(rows, hidden_size).requires_grad_()
     weight = (torch.randn(vocab, hidden_size) * hidden_size ** -0.5).requires_grad_()
     bias = torch.zeros(vocab).requires_grad_()
     labels = torch.randint(0, vocab, (rows,))
     labels[::7] = -100
-    if variant == "unfused":
-        def loss_fn():
-            return F.cross_entropy(F.linear(hidden, weight, bias), labels)
-    else:
-        def loss_fn():
-            return linear_cross_entropy(hidden, weight, labels, bias=bias)
-    times, peaks = [], []
-    for i in range(1 + reps):
+    steps = {
+        "unfused": lambda: F.cross_entropy(F.linear(hidden, weight, bias), labels).backward(),
+        "bertfast": lambda: linear_cross_entropy(hidden, weight, labels, bias=bias).backward(),
+    }
+
+    def clear_grads():
         for t in (hidden, weight, bias):
             t.grad = None
+    return steps, clear_grads
+
+
+def linear_memory_worker(variant, rows, hidden_size, vocab):
+    """Peak extra resident memory of one forward + backward (after a warm-up step)."""
+    steps, clear_grads = linear_inputs(rows, hidden_size, vocab)
+    for i in range(2):
+        clear_grads()
         rss_before = _read_status_kb("VmRSS")
         _reset_peak_rss()
-        start = time.perf_counter()
-        loss_fn().backward()
-        elapsed = time.perf_counter() - start
-        hwm = _read_status_kb("VmHWM")
-        if i > 0:
-            times.append(elapsed)
-            peaks.append((hwm - rss_before) * 1024)
-    print(json.dumps({"seconds": statistics.median(times), "peak_extra_bytes": max(peaks),
-                      "rss_before_bytes": rss_before * 1024}))
+        steps[variant]()
+        peak = _read_status_kb("VmHWM")
+    print(json.dumps({"peak_extra_bytes": (peak - rss_before) * 1024, "rss_before_bytes": rss_before * 1024}))
+
+
+def linear_timing_worker(rows, hidden_size, vocab, reps):
+    steps, clear_grads = linear_inputs(rows, hidden_size, vocab)
+    print(json.dumps(interleaved_medians(steps, reps, torch.device("cpu"), prepare=clear_grads)))
+
+
+def _worker(*args):
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), *map(str, args)], capture_output=True,
+                         text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def bench_linear_ce(rows, hidden_size, vocab, reps):
-    results = {}
-    for variant in ("unfused", "bertfast"):
-        out = subprocess.run([sys.executable, os.path.abspath(__file__), "--linear-worker", variant, str(rows),
-                              str(hidden_size), str(vocab), str(reps)], capture_output=True, text=True, check=True)
-        results[variant] = json.loads(out.stdout.strip().splitlines()[-1])
+    """Memory: one subprocess per variant. Time: both variants in one process, taking turns."""
+    results = {v: _worker("--linear-memory", v, rows, hidden_size, vocab) for v in ("unfused", "bertfast")}
+    for variant, seconds in _worker("--linear-timing", rows, hidden_size, vocab, reps).items():
+        results[variant]["seconds"] = seconds
     return results
 
 
@@ -173,14 +208,22 @@ def main():
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--skip-linear", action="store_true", help="skip the (slow) linear_cross_entropy part")
     parser.add_argument("--quick", action="store_true", help="small shapes, to check that the script runs")
-    parser.add_argument("--linear-worker", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--linear-memory", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--linear-timing", nargs=4, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.linear_worker:
-        variant, *sizes = args.linear_worker
-        linear_worker(variant, *map(int, sizes))
+    if args.linear_memory:
+        variant, *sizes = args.linear_memory
+        linear_memory_worker(variant, *map(int, sizes))
+        return
+    if args.linear_timing:
+        linear_timing_worker(*args.linear_timing)
         return
 
-    results = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": platform.processor(),
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                            cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    results = {"command": " ".join(["python"] + sys.argv), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+               "commit": commit, "torch": torch.__version__, "threads": torch.get_num_threads(),
+               "cpu": platform.processor() or platform.machine(), "load_average": os.getloadavg(),
                "build": bertfast.build_info()}
     ce_rows, ce_classes = (256, 3001) if args.quick else (4096, 30522)
     t = bench_softmax_ce(ce_rows, ce_classes, torch.float32, torch.device("cpu"), args.reps)

@@ -82,8 +82,10 @@ def softmax_cross_entropy(logits, labels, *, ignore_index=-100, label_smoothing=
         reduction: "mean" (over non-ignored rows; nan when all are ignored, as torch),
             "sum" or "none" (per-row losses, 0 where ignored).
         inplace_backward: write the gradient into the logits' own storage instead of a new
-            (rows, classes) buffer (saves that memory for large vocabularies). The logits'
-            values are destroyed by the backward: do not reuse them after it. Non-contiguous
+            (rows, classes) buffer (saves that memory for large vocabularies; on CPU, where
+            torch's allocator caches nothing, it also saves the page faults of a fresh
+            buffer, most of the backward's time there). The logits' values are destroyed by
+            the backward: do not reuse them after it (nor backward twice). Non-contiguous
             logits are copied first, so then it is the copy that is overwritten.
 
     Returns the loss in float32 (a scalar, or (rows,) for "none"). Differentiable in logits;

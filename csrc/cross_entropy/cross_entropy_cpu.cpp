@@ -3,7 +3,6 @@
 #include <torch/library.h>
 
 #include "../common/cpu_capability.h"
-#include "../common/cpu_huge_pages.h"
 #include "cross_entropy_torch.h"
 
 namespace bertfast {
@@ -70,7 +69,6 @@ at::Tensor softmax_cross_entropy_bwd_cpu(const at::Tensor& grad_loss, const at::
                                          double label_smoothing) {
   const at::Tensor logits = logits_in.contiguous();
   at::Tensor grad = at::empty_like(logits);
-  advise_huge_pages(grad.data_ptr(), grad.nbytes());
   run_backward(grad_loss, logits, labels, lse, ignore_index, label_smoothing, grad);
   return grad;
 }

@@ -35,8 +35,9 @@ struct RowStats {
   float lse() const { return max + std::log(sum_exp); }
 };
 
-// Folds the float block x[0, n) into `st`.
-inline void accumulate_block(RowStats& st, const float* x, int64_t n) {
+// Folds the float block x[0, n) into `st` in two passes over it (from L1): its max, then
+// its sum of exp(x - max). Always safe; the fallback of the one-pass version below.
+inline void accumulate_block_two_pass(RowStats& st, const float* x, int64_t n) {
   constexpr int64_t V = fVec::size();
   fVec vmax(kNegInf), vsum(0.0f);
   int64_t i = 0;
@@ -65,6 +66,42 @@ inline void accumulate_block(RowStats& st, const float* x, int64_t n) {
   float bsum_exp = at::vec::vec_reduce_all<float>([](fVec& a, fVec& b) { return a + b; }, acc0 + acc1);
   for (; i < n; ++i) bsum_exp += std::exp(x[i] - new_max);
   st.sum_exp = st.sum_exp * std::exp(st.max - new_max) + bsum_exp;  // exp(-inf) = 0 at the start
+  st.max = new_max;
+}
+
+// exp(x - shift) stays below e^64 when x <= shift + 64: a block of kCeBlock such terms
+// cannot overflow float32.
+constexpr float kMaxShiftGap = 64.0f;
+
+// Folds the float block x[0, n) into `st` in one pass: exponentials are taken against the
+// running max (or the block's first element), known before the block is read, while the
+// block's max is tracked on the side; a block whose max overshoots that shift by more than
+// kMaxShiftGap (or holds a NaN or starts at -inf) is redone with the two-pass version.
+inline void accumulate_block(RowStats& st, const float* x, int64_t n) {
+  constexpr int64_t V = fVec::size();
+  const float shift = st.max == kNegInf ? x[0] : st.max;
+  if (!std::isfinite(shift)) return accumulate_block_two_pass(st, x, n);
+  const fVec vshift(shift);
+  fVec vmax(kNegInf), vsum(0.0f), acc(0.0f);
+  int64_t i = 0;
+  for (; i + V <= n; i += V) {
+    const fVec v = fVec::loadu(x + i);
+    vmax = at::vec::maximum(vmax, v);
+    vsum = vsum + v;
+    acc = acc + fast_exp(v - vshift);
+  }
+  float bmax = at::vec::vec_reduce_all<float>([](fVec& a, fVec& b) { return at::vec::maximum(a, b); }, vmax);
+  for (int64_t j = i; j < n; ++j) bmax = nan_max(bmax, x[j]);
+  if (!(bmax <= shift + kMaxShiftGap)) return accumulate_block_two_pass(st, x, n);  // also NaN
+  float bsum = at::vec::vec_reduce_all<float>([](fVec& a, fVec& b) { return a + b; }, vsum);
+  float bsum_exp = at::vec::vec_reduce_all<float>([](fVec& a, fVec& b) { return a + b; }, acc);
+  for (; i < n; ++i) {
+    bsum += x[i];
+    bsum_exp += std::exp(x[i] - shift);
+  }
+  st.sum_x += bsum;
+  const float new_max = std::max(st.max, bmax);
+  st.sum_exp = st.sum_exp * std::exp(st.max - new_max) + bsum_exp * std::exp(shift - new_max);
   st.max = new_max;
 }
 

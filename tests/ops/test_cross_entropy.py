@@ -143,6 +143,32 @@ def test_logits_not_on_a_16_byte_boundary(device, dtype, classes):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_extreme_logit_values(device):
+    """A max far into the row (the CPU's one-pass exponentials fall back), masked (-inf)
+    logits, a row starting with -inf, huge spreads, and a NaN row (nan as torch)."""
+    classes = 5000  # several CPU blocks
+    x = make_logits(6, classes, torch.float64, device, 12)
+    x[0, 4500] = 150.0  # overshoots the running max by far, late in the row
+    x[1, :3000] = -float("inf")  # whole leading blocks masked
+    x[2, 0] = -float("inf")
+    x[2, 1::2] = -float("inf")
+    x[3] *= 40  # spread of thousands
+    x[4, 2048:4096] += 70  # a whole block far above the first
+    x[5, 77] = float("nan")
+    labels = torch.tensor([4500, 3500, 10, 0, 3000, 5], device=device)
+    for smoothing in (0.0, 0.1):
+        ref = torch.nn.functional.cross_entropy(x, labels, label_smoothing=smoothing, reduction="none")
+        out = softmax_cross_entropy(x.float(), labels, label_smoothing=smoothing, reduction="none")
+        assert torch.isnan(out[5]) and torch.isnan(ref[5])
+        torch.testing.assert_close(out[:5].double(), ref[:5], rtol=1e-5, atol=1e-5)
+        xr = x[:5].clone().requires_grad_()
+        torch.nn.functional.cross_entropy(xr, labels[:5], label_smoothing=0.0).backward()
+        xf = x[:5].float().requires_grad_()
+        softmax_cross_entropy(xf, labels[:5]).backward()
+        torch.testing.assert_close(xf.grad.double(), xr.grad, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_empty_batch_behaves_like_torch(device):
     logits = torch.randn(0, 5, device=device)
     labels = torch.zeros(0, dtype=torch.int64, device=device)
@@ -371,7 +397,8 @@ def test_opcheck():
     torch.library.opcheck(ops.linear_cross_entropy_rows, (h, w, b, y, -100, 0.1, 4))
     _, lse = ops.linear_cross_entropy_rows(h, w, b, y, -100, 0.1, 4)
     torch.library.opcheck(ops.linear_cross_entropy_rows_bwd,
-                          (torch.rand(6), h.detach(), w.detach(), b.detach(), y, lse.detach(), -100, 0.1, 4, True, True, True))
+                          (torch.rand(6), h.detach(), w.detach(), b.detach(), y, lse.detach(), -100, 0.1, 4,
+                           True, True, True))
 
 
 @pytest.mark.slow

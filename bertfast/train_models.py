@@ -1,0 +1,98 @@
+"""The one place the trainer gets its models from: bertfast's own BERT classes when the package
+has them, else the `transformers` classes of the same API, always from a local folder."""
+import contextlib
+import io
+import json
+import logging
+import os
+import shutil
+
+MODEL_CLASS = {
+    "classify": "BertForSequenceClassification",
+    "pair": "BertForSequenceClassification",
+    "regress": "BertForSequenceClassification",
+    "tag": "BertForTokenClassification",
+    "qa": "BertForQuestionAnswering",
+}
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
+TASK_FILE = "bertfast_task.json"  # task, labels and tokenization settings saved with a fine-tuned model
+
+
+def model_class(task):
+    import bertfast
+    name = MODEL_CLASS[task]
+    if hasattr(bertfast, name):
+        return getattr(bertfast, name)
+    import transformers
+    return getattr(transformers, name)
+
+
+def check_model_dir(model_dir):
+    if not os.path.isdir(model_dir):
+        raise FileNotFoundError(f"model folder {model_dir} does not exist")
+    if not os.path.exists(os.path.join(model_dir, "config.json")):
+        raise FileNotFoundError(f"{model_dir} has no config.json: not a Hugging Face model folder")
+    if not any(os.path.exists(os.path.join(model_dir, f)) for f in
+               ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")):
+        raise FileNotFoundError(f"{model_dir} has no weights (model.safetensors or pytorch_model.bin)")
+
+
+def load_model(task, model_dir, labels=None):
+    """The task's model from a local folder. `labels` (class or tag names) sets a new head's
+    size and label mapping; regression gets one output trained with MSE. Without `labels` the
+    folder's config decides (a fine-tuned model). Returns (model, names of newly created weights)."""
+    check_model_dir(model_dir)
+    cls = model_class(task)
+    kwargs = {}
+    if task == "regress":
+        kwargs = {"num_labels": 1, "problem_type": "regression"}
+    elif labels is not None and task != "qa":
+        kwargs = {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+                  "label2id": {name: i for i, name in enumerate(labels)}}
+        if task != "tag":
+            kwargs["problem_type"] = "single_label_classification"
+    if cls.__module__.startswith("transformers"):
+        kwargs["local_files_only"] = True
+        # transformers warns about the new head on stderr; we report it ourselves.
+        previous = logging.getLogger("transformers").level
+        logging.getLogger("transformers").setLevel(logging.ERROR)
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):
+                model, info = cls.from_pretrained(model_dir, output_loading_info=True, **kwargs)
+        finally:
+            logging.getLogger("transformers").setLevel(previous)
+        return model, sorted(info.get("missing_keys", []))
+    model = cls.from_pretrained(model_dir, **kwargs)
+    return model, []
+
+
+def label_names(model):
+    """Class or tag names of a fine-tuned model, in id order (None for regression and QA)."""
+    id2label = getattr(model.config, "id2label", None) or {}
+    return [id2label[i] if i in id2label else id2label[str(i)] for i in range(len(id2label))] or None
+
+
+def save_model_files(model, source_dir, task_info, target_dir):
+    """A complete model folder: weights and config (save_pretrained), the tokenizer files of the
+    source checkpoint and our task file. `transformers` can load it back."""
+    if type(model).__module__.startswith("transformers"):
+        from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()  # no "Writing model shards" bar in our output
+        model.save_pretrained(target_dir, safe_serialization=True)
+    else:
+        model.save_pretrained(target_dir)  # bertfast's own classes write safetensors
+    for name in TOKENIZER_FILES:
+        src = os.path.join(source_dir, name)
+        if os.path.exists(src):
+            shutil.copyfile(src, os.path.join(target_dir, name))
+    with open(os.path.join(target_dir, TASK_FILE), "w") as f:
+        json.dump(task_info, f, indent=2)
+
+
+def read_task_info(model_dir):
+    path = os.path.join(model_dir, TASK_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{model_dir} has no {TASK_FILE}: it was not fine-tuned by `bertfast finetune` "
+                                "(give --task to say what it does)")
+    with open(path) as f:
+        return json.load(f)
