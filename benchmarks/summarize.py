@@ -31,6 +31,9 @@ def rows_of(payload):
                             for r in value)
             elif isinstance(value, dict):
                 scalars = {k: v for k, v in value.items() if isinstance(v, (int, float, str, bool)) or v is None}
+                for k, v in value.items():  # {"speedup_vs_x": {"bertfast": 1.3, ...}} -> "speedup_vs_x[bertfast]"
+                    if isinstance(v, dict) and v and all(isinstance(x, (int, float)) for x in v.values()):
+                        scalars.update({f"{k}[{name}]": x for name, x in v.items()})
                 if any(isinstance(v, float) for v in scalars.values()):
                     rows.append({"part": where, **scalars})
                 walk(value, where)
@@ -62,8 +65,9 @@ def main(folder):
 
 def _worth_showing(key):
     """A measurement a reader compares: ratios to the baseline, bandwidth, FLOP/s."""
-    return key in COLUMNS[4:] or key.endswith(("GBps", "tflops", "TFLOPs", "ratio", "speedup", "_vs_sdpa",
-                                                 "fraction"))
+    base = key.split("[")[0]
+    return base in COLUMNS[4:] or any(word in base for word in ("GBps", "tflops", "TFLOPs", "ratio", "speedup",
+                                                                "_vs_sdpa", "fraction_of"))
 
 
 def _cell(value):

@@ -156,12 +156,16 @@ def test_summarize_reads_every_benchmark_shape(tmp_path, capsys):
                          "gpu": {"seq128": {"nomask_tflops": 300.0}}},
         "bench_c.json": {"gpu_ce": {"device": "H", "copy_bandwidth_GBps": 4000.0,
                                     "cases": [{"dtype": "bf16", "speedup": 3.0}, {"dtype": "fp32", "speedup": 2.0}]}},
+        "bench_d.json": {"config": "minilm", "shapes": {"real": {
+            "real_token_fraction": 0.3, "seconds_per_step": {"hf": 2.0, "bertfast": 1.0},
+            "speedup_vs_transformers": {"hf": 1.0, "bertfast": 2.0}}}},
     }
     for name, payload in payloads.items():
         (tmp_path / name).write_text(json.dumps(payload))
     rows = summarize.main(str(tmp_path))
     parts = [(r["bench"], r.get("part")) for r in rows]
     assert parts == [("a", None), ("b", "cpu_case"), ("b", "gpu/seq128"), ("c", "gpu_ce"), ("c", "gpu_ce/cases"),
-                     ("c", "gpu_ce/cases")]
+                     ("c", "gpu_ce/cases"), ("d", "shapes/real")]
+    assert rows[-1]["speedup_vs_transformers[bertfast]"] == 2.0
     out = capsys.readouterr().out
     assert "speedup_vs_sdpa" in out and "nomask_tflops" in out and "fused_GBps" in out
