@@ -62,7 +62,9 @@ def test_each_task_end_to_end(task, tiny, tmp_path):
     again = evaluate(str(out), sample_path(task, "eval"), device="cpu")
     best = result["best"]
     for k, v in best.items():
-        assert again[k] == pytest.approx(v, abs=1e-6), k
+        # fp32 rounding differs with how evaluation batches are packed; a tiny model's scores are
+        # nearly constant, so correlations amplify it
+        assert again[k] == pytest.approx(v, abs=1e-4), k
     # transformers loads the saved model back
     import transformers
     from bertfast.train_models import MODEL_CLASS
