@@ -190,7 +190,7 @@ def _run_finetune(args):
     cfg, default_run = finetune_config(args)
     if default_run and _is_main_process():
         print(f"bertfast finetune: embedded default run: {cfg.task} on {cfg.train} "
-              f"({cfg.max_train_examples} examples) with {cfg.model}, {cfg.epochs} epochs on {cfg.device}", flush=True)
+              f"with {cfg.model}, {cfg.epochs:g} epochs on {cfg.device}", flush=True)
     result = finetune(cfg)
     if _is_main_process():
         final = result["best"] or result["eval"]
