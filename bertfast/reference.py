@@ -50,3 +50,66 @@ def add_layer_norm(x, residual, weight, bias, eps=1e-12, *, x_bias=None, dropout
     if dropout_p > 0:
         h = h * keep_mask.to(h.dtype) / (1.0 - dropout_p)
     return F.layer_norm(residual + h, (x.shape[-1],), weight, bias, eps)
+
+
+def softmax_cross_entropy(logits, labels, *, ignore_index=-100, label_smoothing=0.0, reduction="mean"):
+    """F.cross_entropy over (rows, classes) logits, computed in the logits' dtype."""
+    return F.cross_entropy(logits, labels, ignore_index=ignore_index, label_smoothing=label_smoothing,
+                           reduction=reduction)
+
+
+def linear_cross_entropy(hidden, weight, labels, *, bias=None, ignore_index=-100, label_smoothing=0.0,
+                         reduction="mean"):
+    """The unfused masked-LM head: cross-entropy of F.linear(hidden, weight, bias)."""
+    return F.cross_entropy(F.linear(hidden, weight, bias), labels, ignore_index=ignore_index,
+                           label_smoothing=label_smoothing, reduction=reduction)
+
+
+def span_loss(start_logits, end_logits, start_positions, end_positions):
+    """transformers' BertForQuestionAnswering loss: positions clamped to [0, seq_len], position
+    seq_len ignored, mean of the start and end cross-entropies."""
+    if start_positions.dim() > 1:
+        start_positions = start_positions.squeeze(-1)
+    if end_positions.dim() > 1:
+        end_positions = end_positions.squeeze(-1)
+    ignored_index = start_logits.size(1)
+    start_positions = start_positions.clamp(0, ignored_index)
+    end_positions = end_positions.clamp(0, ignored_index)
+    loss_fct = torch.nn.CrossEntropyLoss(ignore_index=ignored_index)
+    return (loss_fct(start_logits, start_positions) + loss_fct(end_logits, end_positions)) / 2
+def attention(q, k, v, *, key_padding_mask=None, attn_bias=None, dropout_p=0.0, scale=None, keep_mask=None):
+    """softmax(scale * q k^T + attn_bias, masked keys excluded) v on (batch, seq, heads, dim)
+    tensors. A query row with no attendable key gives zeros. With dropout, `keep_mask`
+    (bool, (batch, heads, seq_q, seq_k)) says which probabilities survive, scaled by 1/(1-p):
+    bertfast draws dropout_keep_mask(seed, (batch, heads, seq_q, seq_k), p)."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    scores = torch.einsum("bihd,bjhd->bhij", q, k) * scale
+    if attn_bias is not None:
+        scores = scores + attn_bias
+    if key_padding_mask is not None:
+        scores = scores.masked_fill(~key_padding_mask[:, None, None, :], float("-inf"))
+    row_max = scores.amax(dim=-1, keepdim=True)
+    row_max = torch.where(torch.isinf(row_max), torch.zeros_like(row_max), row_max).detach()
+    e = torch.exp(scores - row_max)
+    total = e.sum(dim=-1, keepdim=True)
+    probs = e / torch.where(total > 0, total, torch.ones_like(total))
+    if dropout_p > 0:
+        probs = probs * keep_mask.to(probs.dtype) / (1.0 - dropout_p)
+    return torch.einsum("bhij,bjhd->bihd", probs.to(v.dtype), v)  # a float32 bias promotes the scores
+
+
+def attention_varlen(q, k, v, cu_seqlens, max_seqlen, *, dropout_p=0.0, scale=None, keep_mask=None):
+    """Self-attention of each packed sequence on (total, heads, dim) tensors. With dropout,
+    `keep_mask` is (batch, heads, max_seqlen, max_seqlen): bertfast draws
+    dropout_keep_mask(seed, (batch, heads, max_seqlen, max_seqlen), p) and sequence b uses
+    keep_mask[b, :, :len_b, :len_b]."""
+    outs = []
+    bounds = cu_seqlens.tolist()
+    for b in range(len(bounds) - 1):
+        s, e = bounds[b], bounds[b + 1]
+        if e == s:
+            continue
+        keep = None if keep_mask is None else keep_mask[b : b + 1, :, : e - s, : e - s]
+        outs.append(attention(q[None, s:e], k[None, s:e], v[None, s:e], dropout_p=dropout_p, scale=scale,
+                              keep_mask=keep)[0])
+    return torch.cat(outs, dim=0) if outs else q.new_empty(q.shape)

@@ -60,7 +60,7 @@ def add_layer_norm(x, residual, weight, bias, eps=1e-12, *, x_bias=None, dropout
     dropout_p = check_dropout_p(dropout_p, _NAME)
     check_device(x, _NAME)
     seed = seed_for_dropout(dropout_p, x.device)
-    out, _, _, _ = torch.ops.bertfast.add_layer_norm_fwd(x, residual, weight, bias, x_bias, seed, float(eps), dropout_p)
+    out, _, _ = torch.ops.bertfast.add_layer_norm_fwd(x, residual, weight, bias, x_bias, seed, float(eps), dropout_p)
     return out
 
 
@@ -69,34 +69,34 @@ def _add_layer_norm_fwd_fake(x, residual, weight, bias, x_bias, seed, eps, dropo
     torch._check(residual.shape == x.shape, lambda: f"{_NAME}: residual must have x's shape")
     torch._check(weight.shape == (x.shape[-1],), lambda: f"{_NAME}: weight must have shape (hidden,)")
     stats = x.new_empty(x.shape[:-1], dtype=torch.float32)
-    out = torch.empty_like(x, memory_format=torch.contiguous_format)
-    return out, torch.empty_like(out), stats, torch.empty_like(stats)
+    return torch.empty_like(x, memory_format=torch.contiguous_format), stats, torch.empty_like(stats)
 
 
 @torch.library.register_fake("bertfast::add_layer_norm_bwd")
-def _add_layer_norm_bwd_fake(grad_out, pre_norm, mean, rstd, weight, seed, dropout_p, want_grad_x_bias):
-    grad_pre_norm = torch.empty_like(pre_norm)
-    grad_x = torch.empty_like(pre_norm) if dropout_p > 0 else pre_norm.new_empty((0,))
+def _add_layer_norm_bwd_fake(grad_out, x, residual, weight, x_bias, mean, rstd, seed, dropout_p, want_grad_x_bias):
+    grad_residual = torch.empty_like(x, memory_format=torch.contiguous_format)
+    grad_x = torch.empty_like(grad_residual) if dropout_p > 0 else x.new_empty((0,))
     grad_x_bias = torch.empty_like(weight) if want_grad_x_bias else weight.new_empty((0,))
-    return grad_pre_norm, grad_x, torch.empty_like(weight), torch.empty_like(weight), grad_x_bias
+    return grad_residual, grad_x, torch.empty_like(weight), torch.empty_like(weight), grad_x_bias
 
 
 def _setup_context(ctx, inputs, output):
     x, residual, weight, bias, x_bias, seed, eps, dropout_p = inputs
-    _, pre_norm, mean, rstd = output
-    ctx.save_for_backward(pre_norm, mean, rstd, weight, seed)
+    _, mean, rstd = output
+    # The pre-norm sum is recomputed from x and residual in backward: storing it would cost a
+    # fresh (rows, hidden) tensor per call, and x and residual are alive anyway.
+    ctx.save_for_backward(x, residual, weight, x_bias, mean, rstd, seed)
     ctx.dropout_p = dropout_p
-    ctx.has_x_bias = x_bias is not None
 
 
-def _backward(ctx, grad_out, _grad_pre_norm, _grad_mean, _grad_rstd):
-    pre_norm, mean, rstd, weight, seed = ctx.saved_tensors
-    want_grad_x_bias = ctx.has_x_bias and ctx.needs_input_grad[4]
-    grad_pre_norm, grad_x, grad_weight, grad_bias, grad_x_bias = torch.ops.bertfast.add_layer_norm_bwd(
-        grad_out, pre_norm, mean, rstd, weight, seed, ctx.dropout_p, want_grad_x_bias)
+def _backward(ctx, grad_out, _grad_mean, _grad_rstd):
+    x, residual, weight, x_bias, mean, rstd, seed = ctx.saved_tensors
+    want_grad_x_bias = x_bias is not None and ctx.needs_input_grad[4]
+    grad_residual, grad_x, grad_weight, grad_bias, grad_x_bias = torch.ops.bertfast.add_layer_norm_bwd(
+        grad_out, x, residual, weight, x_bias, mean, rstd, seed, ctx.dropout_p, want_grad_x_bias)
     if ctx.dropout_p == 0:
-        grad_x = grad_pre_norm  # without dropout, d(pre_norm)/dx is the identity
-    return (grad_x, grad_pre_norm, grad_weight, grad_bias, grad_x_bias if want_grad_x_bias else None,
+        grad_x = grad_residual  # without dropout, d(pre-norm sum)/dx is the identity
+    return (grad_x, grad_residual, grad_weight, grad_bias, grad_x_bias if want_grad_x_bias else None,
             None, None, None)
 
 

@@ -18,7 +18,6 @@ struct AddLayerNormFwdArgs {
   const void* bias;      // (hidden,), parameter dtype
   const void* x_bias;    // (hidden,), parameter dtype, or nullptr
   void* out;             // (rows, hidden), activation dtype
-  void* pre_norm;        // (rows, hidden), activation dtype: residual + dropout(x + x_bias)
   float* mean;           // (rows,)
   float* rstd;           // (rows,)
   int64_t rows = 0;
@@ -29,13 +28,16 @@ struct AddLayerNormFwdArgs {
   float scale = 1.0f;
 };
 
+// The backward recomputes h = residual + dropout(x + x_bias) from its inputs.
 struct AddLayerNormBwdArgs {
   const void* grad_out;  // (rows, hidden), activation dtype
-  const void* pre_norm;  // (rows, hidden), activation dtype
+  const void* x;         // (rows, hidden), activation dtype
+  const void* residual;  // (rows, hidden), activation dtype
+  const void* x_bias;    // (hidden,), parameter dtype, or nullptr
   const float* mean;
   const float* rstd;
   const void* weight;    // (hidden,), parameter dtype
-  void* grad_pre_norm;   // (rows, hidden), activation dtype
+  void* grad_residual;   // (rows, hidden), activation dtype: d loss / d h
   void* grad_x;          // (rows, hidden) or nullptr when there is no dropout
   void* grad_weight;     // (hidden,), parameter dtype
   void* grad_bias;       // (hidden,), parameter dtype
@@ -50,7 +52,7 @@ struct AddLayerNormBwdArgs {
 
 #if defined(BERTFAST_WITH_CUDA)
 // Largest hidden size the CUDA kernels take (they keep a row in registers).
-int64_t add_layer_norm_cuda_max_hidden(DType act, int64_t hidden, bool aligned);
+int64_t add_layer_norm_cuda_max_hidden();
 // Rows of the fp32 partial-sum workspace the CUDA backward needs.
 int64_t add_layer_norm_cuda_num_partials(int64_t rows, int64_t hidden, DType act, bool aligned, int device);
 cudaError_t add_layer_norm_fwd_cuda(const AddLayerNormFwdArgs& args, DType act, DType param, bool aligned,

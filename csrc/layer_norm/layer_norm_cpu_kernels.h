@@ -16,16 +16,6 @@
 namespace bertfast {
 namespace CPU_CAPABILITY {
 
-// h = residual + dropout(x), row `row` of a (rows, hidden) tensor; x already holds x + x_bias.
-inline void residual_add_dropout(float* h, const float* residual, const float* x, int64_t row, int64_t hidden,
-                                 uint64_t seed, uint32_t threshold, float scale) {
-  const uint64_t first = static_cast<uint64_t>(row) * hidden;
-  for (int64_t j = 0; j < hidden; ++j) {
-    const bool keep = dropout_keep(seed, threshold, first + j);
-    h[j] = residual[j] + (keep ? x[j] * scale : 0.0f);
-  }
-}
-
 // Parameters as float32, converted once per call.
 template <typename P>
 std::vector<float> param_as_float(const void* p, int64_t n) {
@@ -37,45 +27,48 @@ std::vector<float> param_as_float(const void* p, int64_t n) {
   return out;
 }
 
+// h = residual + dropout(x + x_bias) for row `r`, in float32, into `h` (2 * H scratch after
+// it is used for conversions). Shared by the forward and the backward, which recomputes it.
+template <typename T>
+void pre_norm_row(const T* x_all, const T* res_all, const std::vector<float>& xb, int64_t r, int64_t H,
+                  const int64_t* seed_ptr, uint32_t threshold, float scale, float* h, float* scratch) {
+  const float* xf = row_as_float(x_all + r * H, scratch, H);
+  const float* rf = row_as_float(res_all + r * H, scratch + H, H);
+  if (seed_ptr) {
+    const uint64_t seed = static_cast<uint64_t>(*seed_ptr);
+    const uint64_t first = static_cast<uint64_t>(r) * H;
+    for (int64_t j = 0; j < H; ++j) {
+      const float v = xb.empty() ? xf[j] : xf[j] + xb[j];
+      h[j] = rf[j] + (dropout_keep(seed, threshold, first + j) ? v * scale : 0.0f);
+    }
+  } else if (!xb.empty()) {
+    at::vec::map3<float>([](fVec u, fVec v, fVec t) { return u + v + t; }, h, rf, xf, xb.data(), H);
+  } else {
+    at::vec::map2<float>([](fVec u, fVec v) { return u + v; }, h, rf, xf, H);
+  }
+}
+
 template <typename T, typename P>
 void add_layer_norm_fwd_impl(const AddLayerNormFwdArgs& a) {
   const int64_t H = a.hidden;
   const std::vector<float> w = param_as_float<P>(a.weight, H), b = param_as_float<P>(a.bias, H),
                            xb = param_as_float<P>(a.x_bias, H);
-  const bool dropout = a.seed != nullptr;
-  const uint64_t seed = dropout ? static_cast<uint64_t>(*a.seed) : 0;
   at::parallel_for(0, a.rows, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> scratch(4 * H);
-    float *xbuf = scratch.data(), *rbuf = xbuf + H, *hbuf = rbuf + H, *ybuf = hbuf + H;
+    std::vector<float> buf(4 * H);
+    float *h = buf.data(), *scratch = h + H, *ybuf = scratch + 2 * H;
     for (int64_t r = begin; r < end; ++r) {
-      const T* x = static_cast<const T*>(a.x) + r * H;
-      const T* res = static_cast<const T*>(a.residual) + r * H;
-      T* pre = static_cast<T*>(a.pre_norm) + r * H;
-      T* out = static_cast<T*>(a.out) + r * H;
-      const float* xf = row_as_float(x, xbuf, H);
-      const float* rf = row_as_float(res, rbuf, H);
-      float* h = float_target(pre, hbuf);
-      if (dropout) {
-        if (!xb.empty()) {
-          at::vec::map2<float>([](fVec u, fVec v) { return u + v; }, xbuf, xf, xb.data(), H);
-          xf = xbuf;
-        }
-        residual_add_dropout(h, rf, xf, r, H, seed, a.threshold, a.scale);
-      } else if (!xb.empty()) {
-        at::vec::map3<float>([](fVec u, fVec v, fVec t) { return u + v + t; }, h, rf, xf, xb.data(), H);
-      } else {
-        at::vec::map2<float>([](fVec u, fVec v) { return u + v; }, h, rf, xf, H);
-      }
+      pre_norm_row(static_cast<const T*>(a.x), static_cast<const T*>(a.residual), xb, r, H, a.seed, a.threshold,
+                   a.scale, h, scratch);
       const float mean = sum_row(h, H) / H;
       const float var = at::vec::map_reduce_all<float>(
                             [mean](fVec u) { u = u - fVec(mean); return u * u; },
                             [](fVec& u, fVec& v) { return u + v; }, h, H) / H;
       const float rstd = 1.0f / std::sqrt(var + a.eps);
+      T* out = static_cast<T*>(a.out) + r * H;
       float* y = float_target(out, ybuf);
       at::vec::map3<float>(
           [mean, rstd](fVec u, fVec wv, fVec bv) { return at::vec::fmadd((u - fVec(mean)) * fVec(rstd), wv, bv); },
           y, h, w.data(), b.data(), H);
-      store_row(h, pre, H);
       store_row(y, out, H);
       a.mean[r] = mean;
       a.rstd[r] = rstd;
@@ -94,31 +87,32 @@ inline int64_t num_chunks(int64_t rows, int64_t hidden) {
 template <typename T, typename P>
 void add_layer_norm_bwd_impl(const AddLayerNormBwdArgs& a) {
   const int64_t H = a.hidden, rows = a.rows;
-  const std::vector<float> w = param_as_float<P>(a.weight, H);
+  const std::vector<float> w = param_as_float<P>(a.weight, H), xb = param_as_float<P>(a.x_bias, H);
   const bool dropout = a.seed != nullptr;
   const uint64_t seed = dropout ? static_cast<uint64_t>(*a.seed) : 0;
   const int64_t chunks = num_chunks(rows, H);
   std::vector<float> partials(chunks * 3 * H, 0.0f);
   at::parallel_for(0, chunks, 1, [&](int64_t c_begin, int64_t c_end) {
-    std::vector<float> scratch(6 * H);
-    float *dybuf = scratch.data(), *hbuf = dybuf + H, *xhat = hbuf + H, *wdy = xhat + H, *dhbuf = wdy + H,
-          *dxbuf = dhbuf + H;
+    std::vector<float> buf(7 * H);
+    float *dybuf = buf.data(), *xhat = dybuf + H, *wdy = xhat + H, *dhbuf = wdy + H, *dxbuf = dhbuf + H,
+          *scratch = dxbuf + H;
     for (int64_t c = c_begin; c < c_end; ++c) {
       float *dw = partials.data() + c * 3 * H, *db = dw + H, *dxb = db + H;
       for (int64_t r = rows * c / chunks; r < rows * (c + 1) / chunks; ++r) {
-        const float* dy = row_as_float(static_cast<const T*>(a.grad_out) + r * H, dybuf, H);
-        const float* h = row_as_float(static_cast<const T*>(a.pre_norm) + r * H, hbuf, H);
         const float mean = a.mean[r], rstd = a.rstd[r];
-        at::vec::map<float>([mean, rstd](fVec u) { return (u - fVec(mean)) * fVec(rstd); }, xhat, h, H);
+        pre_norm_row(static_cast<const T*>(a.x), static_cast<const T*>(a.residual), xb, r, H, a.seed, a.threshold,
+                     a.scale, xhat, scratch);
+        at::vec::map<float>([mean, rstd](fVec u) { return (u - fVec(mean)) * fVec(rstd); }, xhat, xhat, H);
+        const float* dy = row_as_float(static_cast<const T*>(a.grad_out) + r * H, dybuf, H);
         at::vec::map2<float>([](fVec u, fVec v) { return u * v; }, wdy, w.data(), dy, H);
-        const float sum_wdy = sum_row(wdy, H) / H;
-        const float sum_wdy_xhat = at::vec::map2_reduce_all<float>(
-                                       [](fVec u, fVec v) { return u * v; },
-                                       [](fVec& u, fVec& v) { return u + v; }, wdy, xhat, H) / H;
-        T* dh_out = static_cast<T*>(a.grad_pre_norm) + r * H;
+        const float mean_wdy = sum_row(wdy, H) / H;
+        const float mean_wdy_xhat = at::vec::map2_reduce_all<float>(
+                                        [](fVec u, fVec v) { return u * v; },
+                                        [](fVec& u, fVec& v) { return u + v; }, wdy, xhat, H) / H;
+        T* dh_out = static_cast<T*>(a.grad_residual) + r * H;
         float* dh = float_target(dh_out, dhbuf);
         at::vec::map2<float>(
-            [=](fVec g, fVec xh) { return fVec(rstd) * (g - fVec(sum_wdy) - xh * fVec(sum_wdy_xhat)); }, dh, wdy,
+            [=](fVec g, fVec xh) { return fVec(rstd) * (g - fVec(mean_wdy) - xh * fVec(mean_wdy_xhat)); }, dh, wdy,
             xhat, H);
         at::vec::map3<float>([](fVec acc, fVec g, fVec xh) { return at::vec::fmadd(g, xh, acc); }, dw, dw, dy, xhat, H);
         at::vec::map2<float>([](fVec acc, fVec g) { return acc + g; }, db, db, dy, H);

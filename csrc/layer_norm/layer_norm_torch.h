@@ -46,4 +46,105 @@ inline std::vector<int64_t> stats_shape(const at::Tensor& x) {
   return s;
 }
 
+// Checked, contiguous inputs, allocated outputs, and the kernel arguments pointing at them.
+struct AddLayerNormFwdCall {
+  at::Tensor x, residual, weight, bias, x_bias, out, mean, rstd;
+  AddLayerNormFwdArgs args;
+};
+
+inline AddLayerNormFwdCall prepare_add_layer_norm_fwd(const at::Tensor& x, const at::Tensor& residual,
+                                                      const at::Tensor& weight, const at::Tensor& bias,
+                                                      const std::optional<at::Tensor>& x_bias,
+                                                      const std::optional<at::Tensor>& seed, double eps,
+                                                      double dropout_p) {
+  check_add_layer_norm_inputs(x, residual, weight, bias, x_bias);
+  check_seed(seed, dropout_p, x, "add_layer_norm");
+  TORCH_CHECK(eps > 0, "add_layer_norm: eps must be > 0, got ", eps);
+  AddLayerNormFwdCall c;
+  c.x = x.contiguous();
+  c.residual = residual.contiguous();
+  c.weight = weight.contiguous();
+  c.bias = bias.contiguous();
+  if (x_bias) c.x_bias = x_bias->contiguous();
+  c.out = at::empty_like(c.x, at::MemoryFormat::Contiguous);
+  c.mean = at::empty(stats_shape(x), x.options().dtype(at::kFloat));
+  c.rstd = at::empty(stats_shape(x), x.options().dtype(at::kFloat));
+  AddLayerNormFwdArgs& a = c.args;
+  a.x = c.x.data_ptr();
+  a.residual = c.residual.data_ptr();
+  a.weight = c.weight.data_ptr();
+  a.bias = c.bias.data_ptr();
+  a.x_bias = c.x_bias.defined() ? c.x_bias.data_ptr() : nullptr;
+  a.out = c.out.data_ptr();
+  a.mean = c.mean.data_ptr<float>();
+  a.rstd = c.rstd.data_ptr<float>();
+  a.rows = rows_of(x);
+  a.hidden = x.size(-1);
+  a.eps = static_cast<float>(eps);
+  if (dropout_p > 0) {
+    a.seed = seed->data_ptr<int64_t>();
+    a.threshold = dropout_threshold(dropout_p);
+    a.scale = dropout_scale(dropout_p);
+  }
+  return c;
+}
+
+struct AddLayerNormBwdCall {
+  at::Tensor grad_out, x, residual, weight, x_bias, mean, rstd;
+  at::Tensor grad_residual, grad_x, grad_weight, grad_bias, grad_x_bias;
+  AddLayerNormBwdArgs args;
+};
+
+inline AddLayerNormBwdCall prepare_add_layer_norm_bwd(const at::Tensor& grad_out, const at::Tensor& x,
+                                                      const at::Tensor& residual, const at::Tensor& weight,
+                                                      const std::optional<at::Tensor>& x_bias,
+                                                      const at::Tensor& mean, const at::Tensor& rstd,
+                                                      const std::optional<at::Tensor>& seed, double dropout_p,
+                                                      bool want_grad_x_bias) {
+  check_add_layer_norm_inputs(x, residual, weight, weight, x_bias);
+  TORCH_CHECK(grad_out.sizes() == x.sizes() && grad_out.scalar_type() == x.scalar_type() &&
+                  grad_out.device() == x.device(),
+              "add_layer_norm backward: grad_out must match the output (", x.sizes(), ", ", x.scalar_type(),
+              "), got ", grad_out.sizes(), ", ", grad_out.scalar_type());
+  TORCH_CHECK(mean.scalar_type() == at::kFloat && rstd.scalar_type() == at::kFloat && mean.numel() == rows_of(x) &&
+                  rstd.numel() == rows_of(x) && mean.device() == x.device() && rstd.device() == x.device(),
+              "add_layer_norm backward: mean and rstd must be the forward's float32 row statistics");
+  TORCH_CHECK(!want_grad_x_bias || x_bias.has_value(), "add_layer_norm backward: grad_x_bias needs x_bias");
+  check_seed(seed, dropout_p, x, "add_layer_norm");
+  AddLayerNormBwdCall c;
+  c.grad_out = grad_out.contiguous();
+  c.x = x.contiguous();
+  c.residual = residual.contiguous();
+  c.weight = weight.contiguous();
+  if (x_bias) c.x_bias = x_bias->contiguous();
+  c.mean = mean.contiguous();
+  c.rstd = rstd.contiguous();
+  c.grad_residual = at::empty_like(c.x);
+  c.grad_x = dropout_p > 0 ? at::empty_like(c.x) : at::empty({0}, x.options());
+  c.grad_weight = at::empty_like(c.weight);
+  c.grad_bias = at::empty_like(c.weight);
+  c.grad_x_bias = want_grad_x_bias ? at::empty_like(c.weight) : at::empty({0}, weight.options());
+  AddLayerNormBwdArgs& a = c.args;
+  a.grad_out = c.grad_out.data_ptr();
+  a.x = c.x.data_ptr();
+  a.residual = c.residual.data_ptr();
+  a.x_bias = c.x_bias.defined() ? c.x_bias.data_ptr() : nullptr;
+  a.mean = c.mean.data_ptr<float>();
+  a.rstd = c.rstd.data_ptr<float>();
+  a.weight = c.weight.data_ptr();
+  a.grad_residual = c.grad_residual.data_ptr();
+  a.grad_x = dropout_p > 0 ? c.grad_x.data_ptr() : nullptr;
+  a.grad_weight = c.grad_weight.data_ptr();
+  a.grad_bias = c.grad_bias.data_ptr();
+  a.grad_x_bias = want_grad_x_bias ? c.grad_x_bias.data_ptr() : nullptr;
+  a.rows = rows_of(x);
+  a.hidden = x.size(-1);
+  if (dropout_p > 0) {
+    a.seed = seed->data_ptr<int64_t>();
+    a.threshold = dropout_threshold(dropout_p);
+    a.scale = dropout_scale(dropout_p);
+  }
+  return c;
+}
+
 }  // namespace bertfast

@@ -1,0 +1,170 @@
+// Checks and argument blocks shared by the CPU and CUDA glue of attention. The Python
+// wrappers (bertfast/ops/attention.py) give friendlier messages first; these guard direct
+// torch.ops.bertfast calls so that no input can crash the process.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <optional>
+
+#include "../common/torch_utils.h"
+#include "attention.h"
+
+namespace bertfast {
+
+// The tensors of one attention call, made kernel-ready (last dimension contiguous, mask and
+// cu_seqlens contiguous) and checked.
+struct AttentionInputs {
+  at::Tensor q, k, v;
+  std::optional<at::Tensor> key_mask, bias, cu_seqlens;
+  bool varlen = false;
+  int64_t batch = 0, seq_q = 0, seq_k = 0, heads = 0, head_dim = 0, total_q = 0;
+};
+
+inline at::Tensor last_dim_contiguous(const at::Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); }
+
+inline AttentionInputs check_attention_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                              const std::optional<at::Tensor>& key_mask,
+                                              const std::optional<at::Tensor>& bias,
+                                              const std::optional<at::Tensor>& cu_seqlens, int64_t max_seqlen) {
+  AttentionInputs in;
+  in.varlen = cu_seqlens.has_value();
+  const int64_t rank = in.varlen ? 3 : 4;
+  const char* layout = in.varlen ? "(total, heads, head_dim)" : "(batch, seq, heads, head_dim)";
+  for (const auto* t : {&q, &k, &v}) {
+    TORCH_CHECK(t->dim() == rank, "attention: q, k and v must have shape ", layout, ", got ", q.sizes(), ", ",
+                k.sizes(), ", ", v.sizes());
+  }
+  TORCH_CHECK(k.sizes() == v.sizes(), "attention: k and v must have the same shape, got ", k.sizes(), " and ",
+              v.sizes());
+  TORCH_CHECK(k.size(-1) == q.size(-1) && k.size(-2) == q.size(-2) && (in.varlen || k.size(0) == q.size(0)),
+              "attention: q ", q.sizes(), " and k ", k.sizes(), " disagree on batch, heads or head_dim");
+  TORCH_CHECK(!in.varlen || k.size(0) == q.size(0), "attention_varlen: q and k must hold the same tokens, got ",
+              q.size(0), " and ", k.size(0));
+  TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
+              "attention: q, k and v must share a dtype, got ", q.scalar_type(), ", ", k.scalar_type(), ", ",
+              v.scalar_type());
+  TORCH_CHECK(k.device() == q.device() && v.device() == q.device(), "attention: q, k and v must be on one device");
+  to_dtype(q.scalar_type());
+  in.heads = q.size(-2);
+  in.head_dim = q.size(-1);
+  TORCH_CHECK(attention_head_dim_supported(in.head_dim),
+              "attention: head_dim must be a multiple of 8 between 8 and 128, got ", in.head_dim);
+  in.q = last_dim_contiguous(q);
+  in.k = last_dim_contiguous(k);
+  in.v = last_dim_contiguous(v);
+  if (in.varlen) {
+    const at::Tensor& cu = *cu_seqlens;
+    TORCH_CHECK(cu.scalar_type() == at::kInt && cu.dim() == 1 && cu.size(0) >= 2,
+                "attention_varlen: cu_seqlens must be a 1-D int32 tensor of batch + 1 offsets, got ",
+                cu.scalar_type(), " of shape ", cu.sizes());
+    TORCH_CHECK(cu.device() == q.device(), "attention_varlen: cu_seqlens is on ", cu.device(), ", q on ",
+                q.device());
+    TORCH_CHECK(!key_mask.has_value() && !bias.has_value(),
+                "attention_varlen: key_padding_mask and attn_bias are not supported with cu_seqlens");
+    TORCH_CHECK(max_seqlen >= 1, "attention_varlen: max_seqlen must be >= 1, got ", max_seqlen);
+    in.cu_seqlens = cu.contiguous();
+    in.batch = cu.size(0) - 1;
+    in.seq_q = in.seq_k = max_seqlen;
+    in.total_q = q.size(0);
+    if (cu.device().is_cpu()) {  // values are checked where reading them costs no device sync
+      const int32_t* c = in.cu_seqlens->data_ptr<int32_t>();
+      TORCH_CHECK(c[0] == 0, "attention_varlen: cu_seqlens must start at 0, got ", c[0]);
+      for (int64_t b = 0; b < in.batch; ++b) {
+        TORCH_CHECK(c[b + 1] >= c[b], "attention_varlen: cu_seqlens must be non-decreasing, got ", c[b], " then ",
+                    c[b + 1], " at index ", b);
+        TORCH_CHECK(c[b + 1] - c[b] <= max_seqlen, "attention_varlen: sequence ", b, " has ", c[b + 1] - c[b],
+                    " tokens, more than max_seqlen = ", max_seqlen);
+      }
+      TORCH_CHECK(c[in.batch] == in.total_q, "attention_varlen: cu_seqlens must end at the number of tokens ",
+                  in.total_q, ", got ", c[in.batch]);
+    }
+    return in;
+  }
+  in.batch = q.size(0);
+  in.seq_q = q.size(1);
+  in.seq_k = k.size(1);
+  in.total_q = in.batch * in.seq_q;
+  if (key_mask.has_value()) {
+    const at::Tensor& m = *key_mask;
+    TORCH_CHECK(m.scalar_type() == at::kBool && m.dim() == 2 && m.size(0) == in.batch && m.size(1) == in.seq_k,
+                "attention: key_padding_mask must be bool of shape (", in.batch, ", ", in.seq_k, "), got ",
+                m.scalar_type(), " of shape ", m.sizes());
+    TORCH_CHECK(m.device() == q.device(), "attention: key_padding_mask is on ", m.device(), ", q on ", q.device());
+    in.key_mask = m.contiguous();
+  }
+  if (bias.has_value()) {
+    const at::Tensor& bt = *bias;
+    TORCH_CHECK(bt.dim() == 4 && bt.size(0) == in.batch && bt.size(1) == in.heads && bt.size(2) == in.seq_q &&
+                    bt.size(3) == in.seq_k,
+                "attention: attn_bias must be (expanded to) shape (", in.batch, ", ", in.heads, ", ", in.seq_q, ", ",
+                in.seq_k, "), got ", bt.sizes());
+    TORCH_CHECK(bt.scalar_type() == at::kFloat || bt.scalar_type() == q.scalar_type(),
+                "attention: attn_bias must be float32 or q's dtype ", q.scalar_type(), ", got ", bt.scalar_type());
+    TORCH_CHECK(bt.device() == q.device(), "attention: attn_bias is on ", bt.device(), ", q on ", q.device());
+    in.bias = bt;
+  }
+  return in;
+}
+
+inline AttentionTensor attention_tensor(const at::Tensor& t) {
+  AttentionTensor a;
+  a.data = t.data_ptr();
+  if (t.dim() == 4) {
+    a.batch_stride = t.stride(0);
+    a.token_stride = t.stride(1);
+    a.head_stride = t.stride(2);
+  } else {
+    a.token_stride = t.stride(0);
+    a.head_stride = t.stride(1);
+  }
+  return a;
+}
+
+inline AttentionProblem attention_problem(const AttentionInputs& in, const std::optional<at::Tensor>& seed,
+                                          double dropout_p, double scale) {
+  AttentionProblem p;
+  p.batch = in.batch;
+  p.heads = in.heads;
+  p.head_dim = in.head_dim;
+  p.seq_q = in.seq_q;
+  p.seq_k = in.seq_k;
+  p.total_q = in.total_q;
+  p.cu_seqlens = in.cu_seqlens ? in.cu_seqlens->data_ptr<int32_t>() : nullptr;
+  p.key_mask = in.key_mask ? in.key_mask->data_ptr<bool>() : nullptr;
+  if (in.bias) {
+    const at::Tensor& bt = *in.bias;
+    p.bias = bt.data_ptr();
+    p.bias_dtype = to_dtype(bt.scalar_type());
+    p.bias_stride_b = bt.stride(0);
+    p.bias_stride_h = bt.stride(1);
+    p.bias_stride_q = bt.stride(2);
+    p.bias_stride_k = bt.stride(3);
+  }
+  p.scale = static_cast<float>(scale);
+  if (dropout_p > 0) {
+    p.seed = seed->data_ptr<int64_t>();
+    p.threshold = dropout_threshold(dropout_p);
+    p.dropout_scale = dropout_scale(dropout_p);
+  }
+  p.counter_q = in.seq_q;
+  p.counter_k = in.seq_k;
+  return p;
+}
+
+// The output / gradient of q, k or v: contiguous, q's dtype.
+inline at::Tensor attention_out_like(const at::Tensor& t) { return at::empty(t.sizes(), t.options()); }
+
+inline void check_attention_saved(const AttentionInputs& in, const at::Tensor& grad_out, const at::Tensor& out,
+                                  const at::Tensor& lse) {
+  TORCH_CHECK(grad_out.sizes() == in.q.sizes() && grad_out.scalar_type() == in.q.scalar_type() &&
+                  grad_out.device() == in.q.device(),
+              "attention backward: grad_out must match the output (", in.q.sizes(), ", ", in.q.scalar_type(),
+              "), got ", grad_out.sizes(), ", ", grad_out.scalar_type());
+  TORCH_CHECK(out.sizes() == in.q.sizes() && out.scalar_type() == in.q.scalar_type() && out.stride(-1) == 1,
+              "attention backward: out is not the forward's output");
+  TORCH_CHECK(lse.scalar_type() == at::kFloat && lse.dim() == 2 && lse.size(0) == in.heads &&
+                  lse.size(1) == in.total_q && lse.is_contiguous(),
+              "attention backward: lse must be float32 (", in.heads, ", ", in.total_q, "), got ", lse.sizes());
+}
+
+}  // namespace bertfast
