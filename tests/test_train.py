@@ -61,9 +61,7 @@ def test_each_task_end_to_end(task, tiny, tmp_path):
     assert lines and all(expected_key in x for x in lines)
     again = evaluate(str(out), sample_path(task, "eval"), device="cpu")
     best = result["best"]
-    for k, v in best.items():
-        # fp32 rounding differs with how evaluation batches are packed; a tiny model's scores are
-        # nearly constant, so correlations amplify it
+    for k, v in best.items():  # another batch size packs differently: float noise only
         assert again[k] == pytest.approx(v, abs=1e-4), k
     # transformers loads the saved model back
     import transformers
