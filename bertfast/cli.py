@@ -8,7 +8,7 @@ DEFAULT_OUTPUT = "bertfast-sentiment-model"
 # The embedded default run: Rotten Tomatoes sentiment with MiniLM on the CPU, a few minutes on
 # two cores (see docs/finetune.md).
 DEFAULT_RUN = dict(task="classify", max_length=64, epochs=2, batch_size=32, lr=1e-4, warmup_ratio=0.1,
-                   precision="bf16", device="cpu", max_train_examples=2500, seed=42)
+                   precision="bf16", device="cpu", max_train_examples=0, seed=42)
 
 TASK_HELP = """tasks and data formats:
   classify  one text -> a class. CSV/TSV (header row) or JSONL; text column 'text' or 'sentence'
@@ -190,7 +190,7 @@ def _run_finetune(args):
     cfg, default_run = finetune_config(args)
     if default_run and _is_main_process():
         print(f"bertfast finetune: embedded default run: {cfg.task} on {cfg.train} "
-              f"({cfg.max_train_examples} examples) with {cfg.model}, {cfg.epochs} epochs on {cfg.device}", flush=True)
+              f"with {cfg.model}, {cfg.epochs:g} epochs on {cfg.device}", flush=True)
     result = finetune(cfg)
     if _is_main_process():
         final = result["best"] or result["eval"]

@@ -289,9 +289,8 @@ def _train(cfg, ctx, log, tok, labels, train_examples, eval_examples):
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    model, new_weights = load_model(cfg.task, cfg.model, labels)
-    if new_weights:
-        log(f"model: {cfg.model}; new, randomly initialised: {', '.join(new_weights)}")
+    model, notes = load_model(cfg.task, cfg.model, labels)
+    log(f"model: {type(model).__module__}.{type(model).__name__} from {cfg.model}" + "".join(f"; {n}" for n in notes))
     model.to(device)
     model.train()
     torch.manual_seed(cfg.seed + 1000003 * ctx.rank)  # dropout differs between ranks

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import shutil
+import warnings
 
 MODEL_CLASS = {
     "classify": "BertForSequenceClassification",
@@ -40,7 +41,8 @@ def check_model_dir(model_dir):
 def load_model(task, model_dir, labels=None):
     """The task's model from a local folder. `labels` (class or tag names) sets a new head's
     size and label mapping; regression gets one output trained with MSE. Without `labels` the
-    folder's config decides (a fine-tuned model). Returns (model, names of newly created weights)."""
+    folder's config decides (a fine-tuned model). Returns (model, notes for the log, such as
+    which weights are new)."""
     check_model_dir(model_dir)
     cls = model_class(task)
     kwargs = {}
@@ -61,9 +63,12 @@ def load_model(task, model_dir, labels=None):
                 model, info = cls.from_pretrained(model_dir, output_loading_info=True, **kwargs)
         finally:
             logging.getLogger("transformers").setLevel(previous)
-        return model, sorted(info.get("missing_keys", []))
-    model = cls.from_pretrained(model_dir, **kwargs)
-    return model, []
+        missing = sorted(info.get("missing_keys", []))
+        return model, [f"new, randomly initialised: {', '.join(missing)}"] if missing else []
+    with warnings.catch_warnings(record=True) as caught:  # bertfast names the new weights in a warning
+        warnings.simplefilter("always")
+        model = cls.from_pretrained(model_dir, **kwargs)
+    return model, [str(w.message) for w in caught]
 
 
 def label_names(model):

