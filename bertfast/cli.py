@@ -89,9 +89,13 @@ def _predict_parsers(sub):
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="bertfast", description="Fast BERT fine-tuning and prediction.")
-    sub = parser.add_subparsers(dest="command", metavar="{finetune,predict,evaluate}")
+    sub = parser.add_subparsers(dest="command", metavar="{finetune,predict,evaluate,bench}")
     _finetune_parser(sub)
     _predict_parsers(sub)
+    from . import bench
+    bench.add_arguments(sub.add_parser("bench", help="throughput and memory against transformers",
+                                       description=bench.__doc__,
+                                       formatter_class=argparse.RawDescriptionHelpFormatter))
     return parser
 
 
@@ -153,6 +157,9 @@ def main(argv=None):
     if args.command is None:
         parser.print_help()
         return 0
+    if args.command == "bench":
+        from .bench import main as bench_main
+        return bench_main(args)
     from .data import DataError
     from .train import FinetuneError
     try:
