@@ -7,7 +7,7 @@ import sys
 DEFAULT_OUTPUT = "bertfast-sentiment-model"
 # The embedded default run: Rotten Tomatoes sentiment with MiniLM on the CPU, a few minutes on
 # two cores (see docs/finetune.md).
-DEFAULT_RUN = dict(task="classify", max_length=64, epochs=2, batch_size=32, lr=1e-4, warmup_ratio=0.1,
+DEFAULT_RUN = dict(task="classify", max_length=64, epochs=1, batch_size=32, lr=1e-4, warmup_ratio=0.1,
                    precision="bf16", device="cpu", max_train_examples=0, seed=42)
 
 TASK_HELP = """tasks and data formats:

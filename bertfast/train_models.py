@@ -65,9 +65,14 @@ def load_model(task, model_dir, labels=None):
             logging.getLogger("transformers").setLevel(previous)
         missing = sorted(info.get("missing_keys", []))
         return model, [f"new, randomly initialised: {', '.join(missing)}"] if missing else []
-    with warnings.catch_warnings(record=True) as caught:  # bertfast names the new weights in a warning
-        warnings.simplefilter("always")
-        model = cls.from_pretrained(model_dir, **kwargs)
+    previous = logging.getLogger("bertfast").level
+    logging.getLogger("bertfast").setLevel(logging.ERROR)  # said once, in our log line
+    try:
+        with warnings.catch_warnings(record=True) as caught:  # bertfast names the new weights in a warning
+            warnings.simplefilter("always")
+            model = cls.from_pretrained(model_dir, **kwargs)
+    finally:
+        logging.getLogger("bertfast").setLevel(previous)
     return model, [str(w.message) for w in caught]
 
 
