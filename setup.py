@@ -139,14 +139,18 @@ def make_extension():
     from torch.utils import cpp_extension
 
     cpp_sources = sorted(glob.glob("csrc/**/*.cpp", recursive=True))
-    cxx_flags = ["-O3", "-std=c++20", "-fvisibility=hidden", "-Wno-unknown-pragmas", "-Wno-psabi"]
+    # -fopenmp: at::parallel_for is a header template whose `#pragma omp parallel` compiles into
+    # this library; without the flag every CPU kernel runs on one thread. The link resolves
+    # to the libgomp.so.1 torch already loaded (same soname), so there is one OpenMP runtime.
+    cxx_flags = ["-O3", "-std=c++20", "-fvisibility=hidden", "-Wno-unknown-pragmas", "-Wno-psabi", "-fopenmp"]
+    link_flags = ["-fopenmp"]
     defines = []  # torch adds Py_LIMITED_API for py_limited_api=True
     if not with_cuda:
         _log(f"building the CPU-only extension: {why}")
         cpu_sources = [s for s in cpp_sources if not s.endswith("_cuda.cpp")]
         _build_info_source(False, "")
         return cpp_extension.CppExtension(
-            "bertfast._C", cpu_sources, extra_compile_args={"cxx": cxx_flags},
+            "bertfast._C", cpu_sources, extra_compile_args={"cxx": cxx_flags}, extra_link_args=link_flags,
             define_macros=defines, py_limited_api=True,
         )
 
@@ -167,7 +171,7 @@ def make_extension():
         "bertfast._C", cpp_sources + cuda_sources,
         extra_compile_args={"cxx": cxx_flags + wheel_includes + ["-DBERTFAST_WITH_CUDA"],
                             "nvcc": nvcc_flags + ["-DBERTFAST_WITH_CUDA"]},
-        define_macros=defines, py_limited_api=True,
+        extra_link_args=link_flags, define_macros=defines, py_limited_api=True,
     )
 
 
