@@ -48,30 +48,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_bwd_cpu(
   const AttentionInputs in = check_attention_inputs(q, k, v, key_padding_mask, attn_bias, cu_seqlens, max_seqlen);
   check_seed(seed, dropout_p, in.q, "attention");
   const at::Tensor grad_out = last_dim_contiguous(grad_out_in), out = last_dim_contiguous(out_in);
-  check_attention_saved(in, grad_out, out, lse);
-  TORCH_CHECK(!want_grad_bias || in.bias.has_value(), "attention backward: want_grad_bias needs attn_bias");
-  at::Tensor grad_q = attention_out_like(in.q);
-  at::Tensor grad_k = at::zeros(in.k.sizes(), in.k.options());  // masked keys get no gradient
-  at::Tensor grad_v = at::zeros(in.v.sizes(), in.v.options());
-  at::Tensor grad_bias = want_grad_bias
-                             ? at::zeros({in.batch, in.heads, in.seq_q, in.seq_k}, in.q.options().dtype(at::kFloat))
-                             : at::empty({0}, in.q.options().dtype(at::kFloat));
-  if (in.q.numel() == 0) return {grad_q, grad_k, grad_v, grad_bias};
-  AttentionBwdArgs a;
-  a.p = attention_problem(in, seed, dropout_p, scale);
-  a.q = attention_tensor(in.q);
-  a.k = attention_tensor(in.k);
-  a.v = attention_tensor(in.v);
-  a.out = attention_tensor(out);
-  a.grad_out = attention_tensor(grad_out);
-  a.grad_q = attention_tensor(grad_q);
-  a.grad_k = attention_tensor(grad_k);
-  a.grad_v = attention_tensor(grad_v);
-  a.lse = lse.data_ptr<float>();
-  a.grad_bias = want_grad_bias ? grad_bias.data_ptr<float>() : nullptr;
-  a.deterministic = true;
-  BERTFAST_CPU_DISPATCH(attention_bwd, a, to_dtype(in.q.scalar_type()));
-  return {grad_q, grad_k, grad_v, grad_bias};
+  AttentionBwdCall c = prepare_attention_bwd(in, grad_out, out, lse, seed, dropout_p, scale, want_grad_bias,
+                                             /*deterministic=*/true, /*zero_grad_q=*/false);
+  if (!c.empty) BERTFAST_CPU_DISPATCH(attention_bwd, c.args, to_dtype(in.q.scalar_type()));
+  return {c.grad_q, c.grad_k, c.grad_v, c.grad_bias};
 }
 
 }  // namespace

@@ -63,35 +63,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_bwd_cuda_op
   check_seed(seed, dropout_p, in.q, "attention");
   const at::Tensor grad_out = aligned_for_kernels(last_dim_contiguous(grad_out_in));
   const at::Tensor out = aligned_for_kernels(last_dim_contiguous(out_in));
-  check_attention_saved(in, grad_out, out, lse);
-  TORCH_CHECK(!want_grad_bias || in.bias.has_value(), "attention backward: want_grad_bias needs attn_bias");
   const c10::cuda::CUDAGuard guard(in.q.device());
-  // Zero-filled: rows outside every (clamped) sequence keep a zero gradient.
-  at::Tensor grad_q = at::zeros(in.q.sizes(), in.q.options());
-  at::Tensor grad_k = at::zeros(in.k.sizes(), in.k.options());
-  at::Tensor grad_v = at::zeros(in.v.sizes(), in.v.options());
-  at::Tensor grad_bias = want_grad_bias
-                             ? at::zeros({in.batch, in.heads, in.seq_q, in.seq_k}, in.q.options().dtype(at::kFloat))
-                             : at::empty({0}, in.q.options().dtype(at::kFloat));
-  if (in.q.numel() == 0 || in.batch == 0) return {grad_q, grad_k, grad_v, grad_bias};
-  AttentionBwdArgs a;
-  a.p = attention_problem(in, seed, dropout_p, scale);
-  a.q = attention_tensor(in.q);
-  a.k = attention_tensor(in.k);
-  a.v = attention_tensor(in.v);
-  a.out = attention_tensor(out);
-  a.grad_out = attention_tensor(grad_out);
-  a.grad_q = attention_tensor(grad_q);
-  a.grad_k = attention_tensor(grad_k);
-  a.grad_v = attention_tensor(grad_v);
-  a.lse = lse.data_ptr<float>();
-  a.grad_bias = want_grad_bias ? grad_bias.data_ptr<float>() : nullptr;
-  a.deterministic = deterministic;  // the kernels use no atomics: every mode is deterministic
-  at::Tensor workspace = at::empty({attention_bwd_cuda_workspace_bytes(a)}, in.q.options().dtype(at::kByte));
-  const cudaError_t err = attention_bwd_cuda(a, to_dtype(in.q.scalar_type()), workspace.data_ptr(),
+  // deterministic is recorded only: the kernels use no atomics, so every mode is deterministic
+  AttentionBwdCall c = prepare_attention_bwd(in, grad_out, out, lse, seed, dropout_p, scale, want_grad_bias,
+                                             deterministic, /*zero_grad_q=*/true);
+  if (c.empty) return {c.grad_q, c.grad_k, c.grad_v, c.grad_bias};
+  at::Tensor workspace = at::empty({attention_bwd_cuda_workspace_bytes(c.args)}, in.q.options().dtype(at::kByte));
+  const cudaError_t err = attention_bwd_cuda(c.args, to_dtype(in.q.scalar_type()), workspace.data_ptr(),
                                              at::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "attention: CUDA backward failed: ", cudaGetErrorString(err));
-  return {grad_q, grad_k, grad_v, grad_bias};
+  return {c.grad_q, c.grad_k, c.grad_v, c.grad_bias};
 }
 
 }  // namespace

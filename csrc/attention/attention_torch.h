@@ -167,4 +167,43 @@ inline void check_attention_saved(const AttentionInputs& in, const at::Tensor& g
               "attention backward: lse must be float32 (", in.heads, ", ", in.total_q, "), got ", lse.sizes());
 }
 
+// The backward's gradients and the kernel arguments pointing at them, shared by the CPU and
+// CUDA glue. grad_k and grad_v start at zero (masked keys get no gradient); grad_q too when
+// zero_grad_q (the CUDA kernels leave rows outside every clamped sequence untouched).
+struct AttentionBwdCall {
+  at::Tensor grad_q, grad_k, grad_v, grad_bias;
+  AttentionBwdArgs args;
+  bool empty = false;  // nothing to compute: the zero/empty gradients are the answer
+};
+
+inline AttentionBwdCall prepare_attention_bwd(const AttentionInputs& in, const at::Tensor& grad_out,
+                                              const at::Tensor& out, const at::Tensor& lse,
+                                              const std::optional<at::Tensor>& seed, double dropout_p, double scale,
+                                              bool want_grad_bias, bool deterministic, bool zero_grad_q) {
+  check_attention_saved(in, grad_out, out, lse);
+  TORCH_CHECK(!want_grad_bias || in.bias.has_value(), "attention backward: want_grad_bias needs attn_bias");
+  AttentionBwdCall c;
+  c.grad_q = zero_grad_q ? at::zeros(in.q.sizes(), in.q.options()) : attention_out_like(in.q);
+  c.grad_k = at::zeros(in.k.sizes(), in.k.options());
+  c.grad_v = at::zeros(in.v.sizes(), in.v.options());
+  c.grad_bias = want_grad_bias ? at::zeros({in.batch, in.heads, in.seq_q, in.seq_k}, in.q.options().dtype(at::kFloat))
+                               : at::empty({0}, in.q.options().dtype(at::kFloat));
+  c.empty = in.q.numel() == 0 || in.batch == 0;
+  if (c.empty) return c;
+  AttentionBwdArgs& a = c.args;
+  a.p = attention_problem(in, seed, dropout_p, scale);
+  a.q = attention_tensor(in.q);
+  a.k = attention_tensor(in.k);
+  a.v = attention_tensor(in.v);
+  a.out = attention_tensor(out);
+  a.grad_out = attention_tensor(grad_out);
+  a.grad_q = attention_tensor(c.grad_q);
+  a.grad_k = attention_tensor(c.grad_k);
+  a.grad_v = attention_tensor(c.grad_v);
+  a.lse = lse.data_ptr<float>();
+  a.grad_bias = want_grad_bias ? c.grad_bias.data_ptr<float>() : nullptr;
+  a.deterministic = deterministic;
+  return c;
+}
+
 }  // namespace bertfast
