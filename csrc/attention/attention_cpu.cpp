@@ -24,19 +24,9 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd_cpu(const at::Tensor& q, const 
                                                      const std::optional<at::Tensor>& seed, double dropout_p,
                                                      double scale, bool /*deterministic*/) {
   const AttentionInputs in = check_attention_inputs(q, k, v, key_padding_mask, attn_bias, cu_seqlens, max_seqlen);
-  check_seed(seed, dropout_p, in.q, "attention");
-  at::Tensor out = attention_out_like(in.q);
-  at::Tensor lse = at::empty({in.heads, in.total_q}, in.q.options().dtype(at::kFloat));
-  if (in.q.numel() == 0) return {out, lse};
-  AttentionFwdArgs a;
-  a.p = attention_problem(in, seed, dropout_p, scale);
-  a.q = attention_tensor(in.q);
-  a.k = attention_tensor(in.k);
-  a.v = attention_tensor(in.v);
-  a.out = attention_tensor(out);
-  a.lse = lse.data_ptr<float>();
-  BERTFAST_CPU_DISPATCH(attention_fwd, a, to_dtype(in.q.scalar_type()));
-  return {out, lse};
+  AttentionFwdCall c = prepare_attention_fwd(in, seed, dropout_p, scale);
+  if (!c.empty) BERTFAST_CPU_DISPATCH(attention_fwd, c.args, to_dtype(in.q.scalar_type()));
+  return {c.out, c.lse};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_bwd_cpu(

@@ -35,21 +35,12 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd_cuda_op(const at::Tensor& q, co
                                                          double dropout_p, double scale, bool /*deterministic*/) {
   AttentionInputs in = check_attention_inputs(q, k, v, key_padding_mask, attn_bias, cu_seqlens, max_seqlen);
   check_cuda_inputs(in);
-  check_seed(seed, dropout_p, in.q, "attention");
   const c10::cuda::CUDAGuard guard(in.q.device());
-  at::Tensor out = attention_out_like(in.q);
-  at::Tensor lse = at::empty({in.heads, in.total_q}, in.q.options().dtype(at::kFloat));
-  if (in.q.numel() == 0 || in.batch == 0) return {out, lse};
-  AttentionFwdArgs a;
-  a.p = attention_problem(in, seed, dropout_p, scale);
-  a.q = attention_tensor(in.q);
-  a.k = attention_tensor(in.k);
-  a.v = attention_tensor(in.v);
-  a.out = attention_tensor(out);
-  a.lse = lse.data_ptr<float>();
-  const cudaError_t err = attention_fwd_cuda(a, to_dtype(in.q.scalar_type()), at::cuda::getCurrentCUDAStream());
+  AttentionFwdCall c = prepare_attention_fwd(in, seed, dropout_p, scale);
+  if (c.empty) return {c.out, c.lse};
+  const cudaError_t err = attention_fwd_cuda(c.args, to_dtype(in.q.scalar_type()), at::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "attention: CUDA forward failed: ", cudaGetErrorString(err));
-  return {out, lse};
+  return {c.out, c.lse};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_bwd_cuda_op(

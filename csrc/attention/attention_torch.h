@@ -167,6 +167,31 @@ inline void check_attention_saved(const AttentionInputs& in, const at::Tensor& g
               "attention backward: lse must be float32 (", in.heads, ", ", in.total_q, "), got ", lse.sizes());
 }
 
+// The forward's output and row log-sum-exp, and the kernel arguments pointing at them.
+struct AttentionFwdCall {
+  at::Tensor out, lse;
+  AttentionFwdArgs args;
+  bool empty = false;  // nothing to compute
+};
+
+inline AttentionFwdCall prepare_attention_fwd(const AttentionInputs& in, const std::optional<at::Tensor>& seed,
+                                              double dropout_p, double scale) {
+  check_seed(seed, dropout_p, in.q, "attention");
+  AttentionFwdCall c;
+  c.out = attention_out_like(in.q);
+  c.lse = at::empty({in.heads, in.total_q}, in.q.options().dtype(at::kFloat));
+  c.empty = in.q.numel() == 0 || in.batch == 0;
+  if (c.empty) return c;
+  AttentionFwdArgs& a = c.args;
+  a.p = attention_problem(in, seed, dropout_p, scale);
+  a.q = attention_tensor(in.q);
+  a.k = attention_tensor(in.k);
+  a.v = attention_tensor(in.v);
+  a.out = attention_tensor(c.out);
+  a.lse = c.lse.data_ptr<float>();
+  return c;
+}
+
 // The backward's gradients and the kernel arguments pointing at them, shared by the CPU and
 // CUDA glue. grad_k and grad_v start at zero (masked keys get no gradient); grad_q too when
 // zero_grad_q (the CUDA kernels leave rows outside every clamped sequence untouched).
