@@ -4,11 +4,13 @@ import datetime
 import json
 import os
 import platform
-import statistics
 import subprocess
-import time
+import sys
 
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bertfast.benchmarking import timing  # noqa: E402
 
 
 def sync(device):
@@ -18,20 +20,9 @@ def sync(device):
 
 def time_interleaved(fns, device, warmup=3, reps=10):
     """{name: median seconds} for callables {name: fn}, alternating between them each rep so
-    that drift in machine load hits every candidate alike."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    sync(device)
-    samples = {name: [] for name in fns}
-    for _ in range(reps):
-        for name, fn in fns.items():
-            sync(device)
-            start = time.perf_counter()
-            fn()
-            sync(device)
-            samples[name].append(time.perf_counter() - start)
-    return {name: statistics.median(ts) for name, ts in samples.items()}
+    that drift in machine load hits every candidate alike (bertfast.benchmarking's protocol)."""
+    timings = timing.time_interleaved(fns, device, warmup=warmup, reps=reps)
+    return {name: t["median_s"] for name, t in timings.items()}
 
 
 def copy_bandwidth(device, nbytes=1 << 30):

@@ -54,7 +54,8 @@ def collect_info():
 
 
 def format_info(report):
-    cpu = {"AVX2": "AVX2 kernels (AVX2+FMA+F16C)", "DEFAULT": "baseline x86-64 kernels (no AVX2)"}
+    cpu = {"AVX512": "AVX-512 kernels (F, BW, VL, DQ)", "AVX2": "AVX2 kernels (AVX2+FMA+F16C)",
+           "DEFAULT": "baseline x86-64 kernels (no AVX2)"}
     lines = [
         f"bertfast {report['bertfast']} at {report['location']}",
         "built with:",

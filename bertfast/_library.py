@@ -188,6 +188,23 @@ def registered_ops():
 
 
 def cpu_capability():
-    """The CPU kernel variant this machine runs: "AVX2" or "DEFAULT" (baseline x86-64)."""
+    """The CPU kernel variant this machine runs: "AVX512", "AVX2" or "DEFAULT" (baseline
+    x86-64). ATEN_CPU_CAPABILITY=avx2 or =default caps it, as it caps torch's own kernels."""
     load_library()
     return torch.ops.bertfast.cpu_capability()
+
+
+def cpu_cache_stats():
+    """The cache of large CPU output blocks that bertfast's ops draw from (fresh pages cost a
+    page fault each on first touch; training asks for the same shapes every step):
+    {"cached_bytes", "limit_bytes", "hits", "misses"}. Set BERTFAST_CPU_CACHE_MB before the
+    first op call to change the limit (0 turns the cache off)."""
+    load_library()
+    cached, limit, hits, misses = torch.ops.bertfast.cpu_cache_stats()
+    return {"cached_bytes": cached, "limit_bytes": limit, "hits": hits, "misses": misses}
+
+
+def empty_cpu_cache():
+    """Frees the cached CPU output blocks (blocks still in use return to the cache when freed)."""
+    load_library()
+    torch.ops.bertfast.empty_cpu_cache()

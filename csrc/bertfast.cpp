@@ -6,6 +6,7 @@
 
 #include "build_info.h"
 #include "common/cpu_capability.h"
+#include "common/output_cache.h"
 
 // `import bertfast._C` only needs to load this library so that the registrations below run.
 // No pybind11 surface: the module uses the limited Python API (one wheel for Python 3.9+).
@@ -18,14 +19,24 @@ static std::vector<std::string> build_info() {
   return {BERTFAST_BUILT_TORCH_VERSION, BERTFAST_BUILT_CUDA_VERSION, BERTFAST_BUILT_ARCH_LIST};
 }
 
-// Which copy of the CPU kernels runs on this CPU: "AVX2" (AVX2+FMA+F16C) or "DEFAULT".
-static std::string cpu_capability() { return bertfast::cpu_has_avx2() ? "AVX2" : "DEFAULT"; }
+// Which copy of the CPU kernels runs on this CPU: "AVX512", "AVX2" (AVX2+FMA+F16C) or "DEFAULT".
+static std::string cpu_capability() {
+  switch (bertfast::cpu_capability_in_use()) {
+    case bertfast::CpuCapability::kAVX512: return "AVX512";
+    case bertfast::CpuCapability::kAVX2: return "AVX2";
+    default: return "DEFAULT";
+  }
+}
 
 TORCH_LIBRARY(bertfast, m) {
   // How this library was built: (torch version, CUDA version or "", arch list or "").
   m.def("build_info() -> str[]", &build_info);
   // The CPU kernel variant dispatched to on this machine (bertfast.info reports it).
   m.def("cpu_capability() -> str", &cpu_capability);
+  // The cache of large CPU output blocks (common/output_cache.h): its
+  // [cached bytes, limit bytes, hits, misses], and a call that frees the cached blocks.
+  m.def("cpu_cache_stats() -> int[]", &bertfast::cpu_cache_stats);
+  m.def("empty_cpu_cache() -> ()", &bertfast::empty_cpu_cache);
 
   // out = layer_norm(residual + dropout(x + x_bias)) and the row statistics the backward reads.
   // `seed` (int64[1]) keys the Philox dropout mask, which the backward regenerates.

@@ -234,7 +234,13 @@ def test_collect_info_fields():
 
 @pytest.mark.skipif(not os.path.exists("/proc/cpuinfo") or os.uname().machine != "x86_64", reason="x86-64 Linux")
 def test_cpu_capability_matches_the_cpu():
-    expected = "AVX2" if {"avx2", "fma", "f16c"} <= _cpu_flags() else "DEFAULT"
+    flags = _cpu_flags()
+    expected = "AVX2" if {"avx2", "fma", "f16c"} <= flags else "DEFAULT"
+    if expected == "AVX2" and {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags:
+        expected = "AVX512"
+    forced = os.environ.get("ATEN_CPU_CAPABILITY")
+    if forced == "default" or (forced == "avx2" and expected == "AVX512"):
+        expected = forced.upper()
     assert _library.cpu_capability() == expected
 
 

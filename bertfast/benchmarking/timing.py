@@ -1,6 +1,7 @@
 """Timing protocol: candidates measured in the same run, interleaved, median of repetitions
 after warm-up, CUDA synchronised; the device's measured bf16 GEMM rate; the run's conditions."""
 import datetime
+import gc
 import os
 import platform
 import statistics
@@ -26,14 +27,22 @@ def time_interleaved(fns, device, warmup=2, reps=5):
     sync(device)
     samples = {name: [] for name in fns}
     cpu = {name: [] for name in fns}
-    for _ in range(reps):
-        for name, fn in fns.items():
-            sync(device)
-            start, cpu_start = time.perf_counter(), time.process_time()
-            fn()
-            sync(device)
-            samples[name].append(time.perf_counter() - start)
-            cpu[name].append(time.process_time() - cpu_start)
+    # As timeit does: a garbage-collector pass landing inside one sample costs milliseconds.
+    gc_was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(reps):
+            for name, fn in fns.items():
+                sync(device)
+                start, cpu_start = time.perf_counter(), time.process_time()
+                fn()
+                sync(device)
+                samples[name].append(time.perf_counter() - start)
+                cpu[name].append(time.process_time() - cpu_start)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
     return {name: {"median_s": statistics.median(ts), "min_s": min(ts), "samples": ts,
                    "cpu_median_s": statistics.median(cpu[name])} for name, ts in samples.items()}
 

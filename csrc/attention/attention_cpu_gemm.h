@@ -5,6 +5,7 @@
 // The register tile is kRows rows x two vectors: each step broadcasts kRows elements of A
 // against two vectors of B (the classic 6 x 16 AVX2 kernel).
 #pragma once
+#include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
 #include <cstdint>

@@ -152,7 +152,7 @@ inline AttentionProblem attention_problem(const AttentionInputs& in, const std::
 }
 
 // The output / gradient of q, k or v: contiguous, q's dtype.
-inline at::Tensor attention_out_like(const at::Tensor& t) { return at::empty(t.sizes(), t.options()); }
+inline at::Tensor attention_out_like(const at::Tensor& t) { return empty_output(t.sizes(), t.options()); }
 
 inline void check_attention_saved(const AttentionInputs& in, const at::Tensor& grad_out, const at::Tensor& out,
                                   const at::Tensor& lse) {
@@ -208,10 +208,10 @@ inline AttentionBwdCall prepare_attention_bwd(const AttentionInputs& in, const a
   check_attention_saved(in, grad_out, out, lse);
   TORCH_CHECK(!want_grad_bias || in.bias.has_value(), "attention backward: want_grad_bias needs attn_bias");
   AttentionBwdCall c;
-  c.grad_q = zero_grad_q ? at::zeros(in.q.sizes(), in.q.options()) : attention_out_like(in.q);
-  c.grad_k = at::zeros(in.k.sizes(), in.k.options());
-  c.grad_v = at::zeros(in.v.sizes(), in.v.options());
-  c.grad_bias = want_grad_bias ? at::zeros({in.batch, in.heads, in.seq_q, in.seq_k}, in.q.options().dtype(at::kFloat))
+  c.grad_q = zero_grad_q ? zeros_output(in.q.sizes(), in.q.options()) : attention_out_like(in.q);
+  c.grad_k = zeros_output(in.k.sizes(), in.k.options());
+  c.grad_v = zeros_output(in.v.sizes(), in.v.options());
+  c.grad_bias = want_grad_bias ? zeros_output({in.batch, in.heads, in.seq_q, in.seq_k}, in.q.options().dtype(at::kFloat))
                                : at::empty({0}, in.q.options().dtype(at::kFloat));
   c.empty = in.q.numel() == 0 || in.batch == 0;
   if (c.empty) return c;

@@ -7,14 +7,16 @@
 
 #include "philox.h"
 
-#if defined(CPU_CAPABILITY_AVX2)
+// The AVX-512 copy uses the same 8-lane AVX2 code (a 16-lane version is not worth its size).
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+#define BERTFAST_PHILOX_AVX2 1
 #include <immintrin.h>
 #endif
 
 namespace bertfast {
 namespace CPU_CAPABILITY {
 
-#if defined(CPU_CAPABILITY_AVX2)
+#if defined(BERTFAST_PHILOX_AVX2)
 // (hi, lo) 32-bit halves of m * b for 8 lanes; m is a broadcast constant. _mm256_mul_epu32
 // multiplies the even lanes, so the odd lanes are shifted down and done separately.
 inline void mulhilo8(__m256i m, __m256i b, __m256i& hi, __m256i& lo) {
@@ -28,7 +30,7 @@ inline void mulhilo8(__m256i m, __m256i b, __m256i& hi, __m256i& lo) {
 // Keep bits of the 32 elements 4*group .. 4*group+31: bit e for element 4*group + e.
 inline uint32_t dropout_keep_bits32(uint64_t seed, uint32_t threshold, uint64_t group) {
   uint32_t words[4][8];  // words[w][l]: word w of counter group + l
-#if defined(CPU_CAPABILITY_AVX2)
+#if defined(BERTFAST_PHILOX_AVX2)
   alignas(32) uint32_t lo_init[8], hi_init[8];
   for (int l = 0; l < 8; ++l) {
     lo_init[l] = static_cast<uint32_t>(group + l);

@@ -7,6 +7,7 @@
 #include <limits>
 
 #include "dtype.h"
+#include "output_cache.h"
 #include "philox.h"
 
 namespace bertfast {

@@ -6,6 +6,11 @@
 #include "cross_entropy_torch.h"
 
 namespace bertfast {
+namespace AVX512 {
+void cross_entropy_fwd(const CrossEntropyArgs& a, DType dtype);
+void cross_entropy_bwd(const CrossEntropyArgs& a, DType dtype);
+void cross_entropy_fwd_bwd(const CrossEntropyArgs& a, DType dtype);
+}  // namespace AVX512
 namespace AVX2 {
 void cross_entropy_fwd(const CrossEntropyArgs& a, DType dtype);
 void cross_entropy_bwd(const CrossEntropyArgs& a, DType dtype);
@@ -68,7 +73,7 @@ at::Tensor softmax_cross_entropy_bwd_cpu(const at::Tensor& grad_loss, const at::
                                          const at::Tensor& labels, const at::Tensor& lse, int64_t ignore_index,
                                          double label_smoothing) {
   const at::Tensor logits = logits_in.contiguous();
-  at::Tensor grad = at::empty_like(logits);
+  at::Tensor grad = empty_output(logits.sizes(), logits.options());
   run_backward(grad_loss, logits, labels, lse, ignore_index, label_smoothing, grad);
   return grad;
 }

@@ -5,6 +5,10 @@
 #include "layer_norm_torch.h"
 
 namespace bertfast {
+namespace AVX512 {
+void add_layer_norm_fwd(const AddLayerNormFwdArgs& a, DType act, DType param);
+void add_layer_norm_bwd(const AddLayerNormBwdArgs& a, DType act, DType param);
+}  // namespace AVX512
 namespace AVX2 {
 void add_layer_norm_fwd(const AddLayerNormFwdArgs& a, DType act, DType param);
 void add_layer_norm_bwd(const AddLayerNormBwdArgs& a, DType act, DType param);

@@ -30,8 +30,7 @@ std::vector<float> param_as_float(const void* p, int64_t n) {
 
 // h = residual + dropout(x + x_bias) for row `r`, in float32, into `h`. `scratch` holds 2 * H
 // floats for conversions; with dropout, `mult` (H floats) receives the row's dropout
-// multipliers (scale or 0), which the backward reuses for grad_x. Shared by the forward and
-// the backward, which recomputes h rather than storing it.
+// multipliers (scale or 0). bwd_row_means recomputes h with the same operations.
 template <typename T>
 void pre_norm_row(const T* x_all, const T* res_all, const std::vector<float>& xb, int64_t r, int64_t H,
                   const int64_t* seed_ptr, uint32_t threshold, float scale, float* h, float* scratch, float* mult) {
@@ -87,6 +86,82 @@ inline int64_t num_chunks(int64_t rows, int64_t hidden) {
   return std::max<int64_t>(1, std::min<int64_t>({rows, 256, by_memory}));
 }
 
+// A vector of n <= fVec::size() floats; the lanes past n load as zero and are never stored.
+inline fVec load_n(const float* p, int64_t n) { return n == fVec::size() ? fVec::loadu(p) : fVec::loadu(p, n); }
+inline void store_n(const fVec& v, float* p, int64_t n) { n == fVec::size() ? v.store(p) : v.store(p, n); }
+
+// The backward works on blocks of rows so that the parameter-gradient partials are read and
+// written once per block rather than once per row.
+constexpr int64_t kBwdBlockRows = 4;
+
+// One row of a backward block, all float32 (converted rows for bf16/fp16).
+struct BwdRow {
+  const float *x, *res, *dy, *mult;  // mult: the dropout multipliers, nullptr without dropout
+  float *dh, *dx;                    // outputs; dx: nullptr without dropout
+  float mean, rstd;
+  float m1, m2;                      // mean(w*dy) and mean(w*dy * x_hat), from bwd_row_means
+};
+
+// x_hat at elements j..j+n of a row, with h recomputed exactly as pre_norm_row computes it in
+// the forward (same operations, same order). Recomputing from the (cached) inputs is cheaper
+// than storing x_hat in pass 1 and reloading it in pass 2.
+inline fVec bwd_xhat(const BwdRow& r, const float* xb, int64_t j, int64_t n) {
+  const fVec x = load_n(r.x + j, n), res = load_n(r.res + j, n);
+  fVec h;
+  if (r.mult) h = at::vec::fmadd(xb ? x + load_n(xb + j, n) : x, load_n(r.mult + j, n), res);
+  else h = xb ? res + x + load_n(xb + j, n) : res + x;
+  return (h - fVec(r.mean)) * fVec(r.rstd);
+}
+
+// Pass 1, per row: m1 = mean(w*dy) and m2 = mean(w*dy * x_hat).
+inline void bwd_row_means(BwdRow& r, const float* w, const float* xb, int64_t H) {
+  constexpr int64_t V = fVec::size();
+  fVec sum_wdy(0.0f), sum_wdy_xhat(0.0f);
+  for (int64_t j = 0; j < H; j += V) {
+    const int64_t n = std::min(V, H - j);
+    const fVec wdy = load_n(w + j, n) * load_n(r.dy + j, n);  // 0 in the lanes past n
+    sum_wdy = sum_wdy + wdy;
+    sum_wdy_xhat = at::vec::fmadd(wdy, bwd_xhat(r, xb, j, n), sum_wdy_xhat);
+  }
+  const auto add = [](fVec& a, fVec& b) { return a + b; };
+  r.m1 = at::vec::vec_reduce_all<float>(add, sum_wdy) / H;
+  r.m2 = at::vec::vec_reduce_all<float>(add, sum_wdy_xhat) / H;
+}
+
+// Pass 2, column by column across the block's rows:
+// dh = rstd * (w*dy - m1 - x_hat * m2), dx = dh * mult, and the partials
+// dw += dy * x_hat, db += dy, dxb += dx (dxb: nullptr when grad_x_bias is not wanted).
+// `upcoming` (n_upcoming row pointers) are the next block's input rows: pass 2 reads only
+// cached data, so it prefetches them from DRAM meanwhile (pass 1 would otherwise wait on DRAM;
+// the hardware prefetcher stops at every 4 KiB page).
+inline void bwd_block_columns(const BwdRow* rows, int64_t count, const float* w, const float* xb, int64_t H,
+                              float* dw, float* db, float* dxb, const float* const* upcoming, int64_t n_upcoming) {
+  constexpr int64_t V = fVec::size();
+  for (int64_t j = 0; j < H; j += V) {
+    const int64_t n = std::min(V, H - j);
+    for (int64_t u = 0; u < n_upcoming; ++u) __builtin_prefetch(upcoming[u] + j, 0, 3);
+    const fVec wj = load_n(w + j, n);
+    fVec acc_dw(0.0f), acc_db(0.0f), acc_dxb(0.0f);
+    for (int64_t i = 0; i < count; ++i) {
+      const BwdRow& r = rows[i];
+      const fVec xhat = bwd_xhat(r, xb, j, n), dy = load_n(r.dy + j, n);
+      const fVec dh = fVec(r.rstd) * (wj * dy - fVec(r.m1) - xhat * fVec(r.m2));
+      store_n(dh, r.dh + j, n);
+      fVec dx = dh;
+      if (r.dx) {
+        dx = dh * load_n(r.mult + j, n);
+        store_n(dx, r.dx + j, n);
+      }
+      acc_dw = at::vec::fmadd(dy, xhat, acc_dw);
+      acc_db = acc_db + dy;
+      acc_dxb = acc_dxb + dx;
+    }
+    store_n(load_n(dw + j, n) + acc_dw, dw + j, n);
+    store_n(load_n(db + j, n) + acc_db, db + j, n);
+    if (dxb) store_n(load_n(dxb + j, n) + acc_dxb, dxb + j, n);
+  }
+}
+
 template <typename T, typename P>
 void add_layer_norm_bwd_impl(const AddLayerNormBwdArgs& a) {
   const int64_t H = a.hidden, rows = a.rows;
@@ -95,39 +170,49 @@ void add_layer_norm_bwd_impl(const AddLayerNormBwdArgs& a) {
   const int64_t chunks = num_chunks(rows, H);
   std::vector<float> partials(chunks * 3 * H, 0.0f);
   at::parallel_for(0, chunks, 1, [&](int64_t c_begin, int64_t c_end) {
-    std::vector<float> buf(8 * H);
-    float *dybuf = buf.data(), *xhat = dybuf + H, *wdy = xhat + H, *dhbuf = wdy + H, *dxbuf = dhbuf + H,
-          *mult = dxbuf + H, *scratch = mult + H;
+    // Per block row: the dropout multipliers, and for non-float T the converted x, res, dy, dh, dx.
+    constexpr int64_t kPerRow = 6;
+    std::vector<float> buf(kBwdBlockRows * kPerRow * H);
+    BwdRow block[kBwdBlockRows];
+    const float* xbp = xb.empty() ? nullptr : xb.data();
     for (int64_t c = c_begin; c < c_end; ++c) {
-      float *dw = partials.data() + c * 3 * H, *db = dw + H, *dxb = db + H;
-      for (int64_t r = rows * c / chunks; r < rows * (c + 1) / chunks; ++r) {
-        const float mean = a.mean[r], rstd = a.rstd[r];
-        pre_norm_row(static_cast<const T*>(a.x), static_cast<const T*>(a.residual), xb, r, H, a.seed, a.threshold,
-                     a.scale, xhat, scratch, mult);
-        at::vec::map<float>([mean, rstd](fVec u) { return (u - fVec(mean)) * fVec(rstd); }, xhat, xhat, H);
-        const float* dy = row_as_float(static_cast<const T*>(a.grad_out) + r * H, dybuf, H);
-        at::vec::map2<float>([](fVec u, fVec v) { return u * v; }, wdy, w.data(), dy, H);
-        const float mean_wdy = sum_row(wdy, H) / H;
-        const float mean_wdy_xhat = at::vec::map2_reduce_all<float>(
-                                        [](fVec u, fVec v) { return u * v; },
-                                        [](fVec& u, fVec& v) { return u + v; }, wdy, xhat, H) / H;
-        T* dh_out = static_cast<T*>(a.grad_residual) + r * H;
-        float* dh = float_target(dh_out, dhbuf);
-        at::vec::map2<float>(
-            [=](fVec g, fVec xh) { return fVec(rstd) * (g - fVec(mean_wdy) - xh * fVec(mean_wdy_xhat)); }, dh, wdy,
-            xhat, H);
-        at::vec::map3<float>([](fVec acc, fVec g, fVec xh) { return at::vec::fmadd(g, xh, acc); }, dw, dw, dy, xhat, H);
-        at::vec::map2<float>([](fVec acc, fVec g) { return acc + g; }, db, db, dy, H);
-        const float* dx = dh;
-        if (dropout) {
-          T* dx_out = static_cast<T*>(a.grad_x) + r * H;
-          float* dxf = float_target(dx_out, dxbuf);
-          at::vec::map2<float>([](fVec g, fVec m) { return g * m; }, dxf, dh, mult, H);
-          store_row(dxf, dx_out, H);
-          dx = dxf;
+      float *dw = partials.data() + c * 3 * H, *db = dw + H, *dxb = a.grad_x_bias ? db + H : nullptr;
+      const int64_t last = rows * (c + 1) / chunks;
+      for (int64_t r0 = rows * c / chunks; r0 < last; r0 += kBwdBlockRows) {
+        const int64_t count = std::min(kBwdBlockRows, last - r0);
+        for (int64_t i = 0; i < count; ++i) {
+          const int64_t r = r0 + i;
+          float* s = buf.data() + i * kPerRow * H;
+          BwdRow& row = block[i];
+          row.mult = nullptr;
+          if (dropout) {
+            dropout_multipliers(static_cast<uint64_t>(*a.seed), a.threshold, a.scale, static_cast<uint64_t>(r) * H, H, s);
+            row.mult = s;
+          }
+          row.x = row_as_float(static_cast<const T*>(a.x) + r * H, s + H, H);
+          row.res = row_as_float(static_cast<const T*>(a.residual) + r * H, s + 2 * H, H);
+          row.dy = row_as_float(static_cast<const T*>(a.grad_out) + r * H, s + 3 * H, H);
+          row.dh = float_target(static_cast<T*>(a.grad_residual) + r * H, s + 4 * H);
+          row.dx = dropout ? float_target(static_cast<T*>(a.grad_x) + r * H, s + 5 * H) : nullptr;
+          row.mean = a.mean[r];
+          row.rstd = a.rstd[r];
+          bwd_row_means(row, w.data(), xbp, H);
         }
-        if (a.grad_x_bias) at::vec::map2<float>([](fVec acc, fVec g) { return acc + g; }, dxb, dxb, dx, H);
-        store_row(dh, dh_out, H);
+        const float* upcoming[3 * kBwdBlockRows];
+        int64_t n_upcoming = 0;
+        if constexpr (std::is_same_v<T, float>) {
+          for (int64_t r = r0 + count; r < std::min(rows, r0 + count + kBwdBlockRows); ++r) {
+            upcoming[n_upcoming++] = static_cast<const float*>(a.x) + r * H;
+            upcoming[n_upcoming++] = static_cast<const float*>(a.residual) + r * H;
+            upcoming[n_upcoming++] = static_cast<const float*>(a.grad_out) + r * H;
+          }
+        }
+        bwd_block_columns(block, count, w.data(), xbp, H, dw, db, dxb, upcoming, n_upcoming);
+        for (int64_t i = 0; i < count; ++i) {
+          const int64_t r = r0 + i;
+          store_row(block[i].dh, static_cast<T*>(a.grad_residual) + r * H, H);
+          if (dropout) store_row(block[i].dx, static_cast<T*>(a.grad_x) + r * H, H);
+        }
       }
     }
   });

@@ -66,7 +66,7 @@ inline AddLayerNormFwdCall prepare_add_layer_norm_fwd(const at::Tensor& x, const
   c.weight = weight.contiguous();
   c.bias = bias.contiguous();
   if (x_bias) c.x_bias = x_bias->contiguous();
-  c.out = at::empty_like(c.x, at::MemoryFormat::Contiguous);
+  c.out = empty_output(c.x.sizes(), c.x.options());
   c.mean = at::empty(stats_shape(x), x.options().dtype(at::kFloat));
   c.rstd = at::empty(stats_shape(x), x.options().dtype(at::kFloat));
   AddLayerNormFwdArgs& a = c.args;
@@ -119,8 +119,8 @@ inline AddLayerNormBwdCall prepare_add_layer_norm_bwd(const at::Tensor& grad_out
   if (x_bias) c.x_bias = x_bias->contiguous();
   c.mean = mean.contiguous();
   c.rstd = rstd.contiguous();
-  c.grad_residual = at::empty_like(c.x);
-  c.grad_x = dropout_p > 0 ? at::empty_like(c.x) : at::empty({0}, x.options());
+  c.grad_residual = empty_output(c.x.sizes(), c.x.options());
+  c.grad_x = dropout_p > 0 ? empty_output(c.x.sizes(), c.x.options()) : at::empty({0}, x.options());
   c.grad_weight = at::empty_like(c.weight);
   c.grad_bias = at::empty_like(c.weight);
   c.grad_x_bias = want_grad_x_bias ? at::empty_like(c.weight) : at::empty({0}, weight.options());

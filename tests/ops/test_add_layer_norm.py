@@ -273,30 +273,3 @@ def test_fuzz_correct_or_clean_error(lead, hidden, dtype, param_kind, eps, dropo
     tol = 1e-4 if dtype == torch.float32 else 0.1
     assert out.shape == shape and out.dtype == dtype
     assert max_err(out, ref) <= tol * max(1.0, ref.abs().max().item()), max_err(out, ref)
-
-
-def test_baseline_cpu_kernels_match_the_reference():
-    """The DEFAULT (non-AVX2) kernels, forced with torch's ATEN_CPU_CAPABILITY knob in a fresh
-    process, give the reference's dropout mask and values too."""
-    import os
-    import subprocess
-    import sys
-    code = r"""
-import torch, bertfast
-from bertfast import reference
-assert torch.ops.bertfast.cpu_capability() == "DEFAULT"
-x, r = torch.randn(37, 50), torch.randn(37, 50); w, b, xb = torch.randn(50), torch.randn(50), torch.randn(50)
-xg = x.clone().requires_grad_(True)
-torch.manual_seed(3); seed = int(torch.randint(0, 2**62, (1,)).item()); torch.manual_seed(3)
-out = bertfast.ops.add_layer_norm(xg, r, w, b, x_bias=xb, dropout_p=0.3)
-out.backward(torch.ones_like(out) + torch.randn_like(out))
-mask = reference.dropout_keep_mask(seed, x.shape, 0.3)
-ref = reference.add_layer_norm(x.double(), r.double(), w.double(), b.double(), x_bias=xb.double(), dropout_p=0.3, keep_mask=mask)
-assert (out.double() - ref).abs().max() < 1e-5
-assert torch.equal(xg.grad != 0, mask)
-print("ok")
-"""
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ, ATEN_CPU_CAPABILITY="default", PYTHONPATH=root)
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]

@@ -1,0 +1,9 @@
+// softmax + cross-entropy CPU kernels built for AVX-512.
+#include "../common/cpu_avx512_begin.h"
+#include "cross_entropy_cpu_kernels.h"
+
+namespace bertfast::AVX512 {
+void cross_entropy_fwd(const CrossEntropyArgs& a, DType dtype) { cross_entropy_fwd_kernel(a, dtype); }
+void cross_entropy_bwd(const CrossEntropyArgs& a, DType dtype) { cross_entropy_bwd_kernel(a, dtype); }
+void cross_entropy_fwd_bwd(const CrossEntropyArgs& a, DType dtype) { cross_entropy_fwd_bwd_kernel(a, dtype); }
+}  // namespace bertfast::AVX512
