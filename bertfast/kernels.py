@@ -60,10 +60,13 @@ def attention_varlen(q, k, v, cu_seqlens, max_seqlen, *, dropout_p=0.0, scale=No
 
     padding: optional (flat_index, key_mask) the caller already has, where each packed token sits
     in a (batch, seq) grid and which keys are real; only the plain-PyTorch fallback uses it (it
-    re-pads for one batched SDPA call), the fused op ignores it."""
+    re-pads for one batched SDPA call), the fused op ignores it.
+
+    The offsets are not checked (no device sync on the model's hot path): the model builds them
+    itself (bertfast.packing), and the fused kernels never read out of bounds anyway."""
     fused = _fused_attention("attention_varlen", q)
     if fused is not None:
-        return fused(q, k, v, cu_seqlens, max_seqlen, dropout_p=dropout_p, scale=scale)
+        return fused(q, k, v, cu_seqlens, max_seqlen, dropout_p=dropout_p, scale=scale, check_cu_seqlens=False)
     total, heads, head_dim = q.shape
     if padding is None:
         flat_index, lengths = padded_positions(cu_seqlens, total, max_seqlen)

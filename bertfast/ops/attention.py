@@ -134,34 +134,53 @@ def attention(q, k, v, *, key_padding_mask=None, attn_bias=None, dropout_p=0.0, 
     return out
 
 
+def _cu_seqlens_values_readable(cu_seqlens):
+    """False where the values cannot be read: while torch.compile traces (fake tensors), while a
+    CUDA graph is captured (a device-to-host copy is not allowed there), and on meta tensors."""
+    if torch.compiler.is_compiling() or cu_seqlens.device.type == "meta":
+        return False
+    return not (cu_seqlens.is_cuda and torch.cuda.is_current_stream_capturing())
+
+
 def _check_cu_seqlens_values(cu_seqlens, total, max_seqlen, name):
-    """Values are read only where that costs no device sync (CPU); CUDA kernels clamp each
-    sequence to [0, total) and to max_seqlen instead, so bad values cannot read out of bounds."""
-    if cu_seqlens.device.type != "cpu" or torch.compiler.is_compiling():
-        return
+    """Raises a ValueError naming the first bad entry of cu_seqlens. Reads the values on the host:
+    on CUDA that is one small device-to-host copy, which synchronises with the stream."""
     c = cu_seqlens.tolist()
     if c[0] != 0:
-        raise ValueError(f"{name}: cu_seqlens must start at 0, got {c[0]}")
+        raise ValueError(f"{name}: cu_seqlens must start at 0, got cu_seqlens[0]={c[0]}")
     for b in range(len(c) - 1):
         if c[b + 1] < c[b]:
-            raise ValueError(f"{name}: cu_seqlens must be non-decreasing, got {c[b]} then {c[b + 1]} at index {b}")
+            raise ValueError(f"{name}: cu_seqlens must be non-decreasing, got cu_seqlens[{b}]={c[b]} then "
+                             f"cu_seqlens[{b + 1}]={c[b + 1]}")
         if c[b + 1] - c[b] > max_seqlen:
-            raise ValueError(f"{name}: sequence {b} has {c[b + 1] - c[b]} tokens, more than max_seqlen={max_seqlen}")
+            raise ValueError(f"{name}: cu_seqlens gives sequence {b} (cu_seqlens[{b + 1}] - cu_seqlens[{b}]) "
+                             f"{c[b + 1] - c[b]} tokens, more than max_seqlen={max_seqlen}")
     if c[-1] != total:
-        raise ValueError(f"{name}: cu_seqlens must end at the number of tokens {total}, got {c[-1]}")
+        raise ValueError(f"{name}: cu_seqlens must end at the number of tokens {total}, got "
+                         f"cu_seqlens[{len(c) - 1}]={c[-1]}")
 
 
-def attention_varlen(q, k, v, cu_seqlens, max_seqlen, *, dropout_p=0.0, scale=None, deterministic=None):
+def attention_varlen(q, k, v, cu_seqlens, max_seqlen, *, dropout_p=0.0, scale=None, deterministic=None,
+                     check_cu_seqlens=True):
     """Fused self-attention on packed variable-length sequences (no padding read or computed).
 
     Args:
         q, k, v: (total_tokens, heads, head_dim); sequence b holds tokens
             cu_seqlens[b] .. cu_seqlens[b+1]-1 and attends only to itself.
         cu_seqlens: int32 (batch + 1,) non-decreasing offsets from 0 to total_tokens, on q's
-            device. Its values are checked on CPU; on CUDA they are trusted (checking them
-            would synchronise), but clamped so that bad values cannot read out of bounds.
+            device.
         max_seqlen: int >= the longest sequence (sizes the CUDA grid; keys the dropout mask).
         dropout_p, scale, deterministic: as in `attention`.
+        check_cu_seqlens: check the values of cu_seqlens (starts at 0, non-decreasing, no
+            sequence longer than max_seqlen, ends at total_tokens) and raise a ValueError naming
+            the first bad entry. On CUDA this copies the batch + 1 offsets to the host, which
+            synchronises with the current stream. The check is skipped, silently, where values
+            cannot be read: under torch.compile and while a CUDA graph is being captured.
+            Pass False where the offsets are known to be valid (built by your own code, e.g.
+            with `bertfast.packing`) and a sync must be avoided. Bad values then still never
+            read or write out of bounds: the CPU kernels raise a RuntimeError, and the CUDA
+            kernels clamp every sequence to [0, total_tokens) and to max_seqlen, which gives a
+            silently wrong result instead of an error.
 
     Returns (total_tokens, heads, head_dim) in q's dtype.
     """
@@ -177,7 +196,8 @@ def attention_varlen(q, k, v, cu_seqlens, max_seqlen, *, dropout_p=0.0, scale=No
     check_same_device({"q": q, "cu_seqlens": cu_seqlens}, name)
     if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, (int, torch.SymInt)) or max_seqlen < 1:
         raise ValueError(f"{name}: max_seqlen must be an int >= 1, got {max_seqlen!r}")
-    _check_cu_seqlens_values(cu_seqlens, q.shape[0], max_seqlen, name)
+    if check_cu_seqlens and _cu_seqlens_values_readable(cu_seqlens):
+        _check_cu_seqlens_values(cu_seqlens, q.shape[0], max_seqlen, name)
     dropout_p = check_dropout_p(dropout_p, name)
     scale = _resolve_scale(scale, q.shape[-1], name)
     seed = seed_for_dropout(dropout_p, q.device)

@@ -1,4 +1,6 @@
 """bertfast.ops.attention / attention_varlen against bertfast.reference evaluated in float64."""
+import importlib
+
 import pytest
 import torch
 
@@ -383,12 +385,7 @@ def bad_inputs():
     cu = torch.tensor([0, 4, 10], dtype=torch.int32)
     cases += [
         (lambda: attention_varlen(t, t, t, cu.long(), 6), TypeError, "cu_seqlens"),
-        (lambda: attention_varlen(t, t, t, torch.tensor([1, 4, 10], dtype=torch.int32), 6), ValueError,
-         "start at 0"),
-        (lambda: attention_varlen(t, t, t, torch.tensor([0, 7, 4, 10], dtype=torch.int32), 10), ValueError,
-         "non-decreasing"),
-        (lambda: attention_varlen(t, t, t, torch.tensor([0, 4, 9], dtype=torch.int32), 6), ValueError, "end at"),
-        (lambda: attention_varlen(t, t, t, cu, 5), ValueError, "max_seqlen"),
+        # bad cu_seqlens values: BAD_CU_SEQLENS, on every device
         (lambda: attention_varlen(t, t, t, cu, 0), ValueError, "max_seqlen"),
         (lambda: attention_varlen(t[None], t[None], t[None], cu, 6), ValueError, "q must have shape"),
         (lambda: attention_varlen(t, t[:9], t[:9], cu, 6), ValueError, "same tokens"),
@@ -408,6 +405,89 @@ def test_direct_op_call_with_bad_cu_seqlens_raises():
     with pytest.raises(RuntimeError, match="cu_seqlens"):
         torch.ops.bertfast.attention_fwd(t, t, t, None, None, torch.tensor([0, 12], dtype=torch.int32), 12, None,
                                          0.0, 1.0, False)
+
+
+BAD_CU_SEQLENS = [  # (offsets for 10 tokens, max_seqlen, what the message says)
+    ([1, 4, 10], 6, r"start at 0, got cu_seqlens\[0\]=1"),
+    ([0, 7, 4, 10], 10, r"non-decreasing, got cu_seqlens\[1\]=7 then cu_seqlens\[2\]=4"),
+    ([0, 4, 9], 6, r"end at the number of tokens 10, got cu_seqlens\[2\]=9"),
+    ([0, 4, 10], 5, r"cu_seqlens gives sequence 1 .* 6 tokens, more than max_seqlen=5"),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("offsets,max_seqlen,message", BAD_CU_SEQLENS)
+def test_bad_cu_seqlens_values_raise_on_every_device(device, offsets, max_seqlen, message):
+    t = torch.randn(10, 2, 32, device=device, dtype=work_dtype(device))
+    cu = torch.tensor(offsets, dtype=torch.int32, device=device)
+    with pytest.raises(ValueError, match=message):
+        attention_varlen(t, t, t, cu, max_seqlen)
+
+
+def test_unchecked_cu_seqlens_give_the_same_result():
+    torch.manual_seed(4)
+    q, k, v, cu = make_varlen([6, 0, 11, 3], 2, 32, "cpu", torch.float32)
+    torch.testing.assert_close(attention_varlen(q, k, v, cu, 11, check_cu_seqlens=False),
+                               attention_varlen(q, k, v, cu, 11))
+
+
+def test_unchecked_cu_seqlens_skip_the_value_check(monkeypatch):
+    attention_module = importlib.import_module("bertfast.ops.attention")
+    calls = []
+    monkeypatch.setattr(attention_module, "_check_cu_seqlens_values", lambda *args: calls.append(args))
+    q, k, v, cu = make_varlen([6, 4], 2, 32, "cpu", torch.float32)
+    attention_varlen(q, k, v, cu, 6, check_cu_seqlens=False)
+    assert calls == []
+    attention_varlen(q, k, v, cu, 6)
+    assert len(calls) == 1
+
+
+def test_unchecked_bad_cu_seqlens_still_fail_in_the_cpu_kernel():
+    t = torch.randn(10, 2, 32)
+    with pytest.raises(RuntimeError, match="cu_seqlens must be non-decreasing"):
+        attention_varlen(t, t, t, torch.tensor([0, 7, 4, 10], dtype=torch.int32), 10, check_cu_seqlens=False)
+
+
+def test_model_forward_never_checks_cu_seqlens_values(monkeypatch):
+    """The model builds its own offsets: checking them would sync on CUDA every layer."""
+    import bertfast
+    import bertfast.ops
+
+    def no_check(*args):
+        raise AssertionError("the model's forward checked cu_seqlens values (a device sync on CUDA)")
+
+    monkeypatch.setattr(importlib.import_module("bertfast.ops.attention"), "_check_cu_seqlens_values", no_check)
+    varlen_calls = []
+    fused = bertfast.ops.attention_varlen
+    monkeypatch.setattr(bertfast.ops, "attention_varlen",
+                        lambda *args, **kwargs: varlen_calls.append(kwargs) or fused(*args, **kwargs))
+    config = bertfast.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                 intermediate_size=40, max_position_embeddings=16)
+    torch.manual_seed(0)
+    model = bertfast.BertModel(config).eval()
+    ids = torch.randint(1, 50, (3, 9))
+    mask = torch.tensor([[1] * 9, [1] * 4 + [0] * 5, [1] * 7 + [0] * 2])
+    out = model(ids, attention_mask=mask)
+    assert torch.isfinite(out.last_hidden_state).all()
+    assert len(varlen_calls) == 2, "the padded batch did not run the fused varlen op in every layer"
+
+
+@requires_cuda
+def test_cuda_graph_capture_skips_the_cu_seqlens_check():
+    """A device-to-host copy cannot be captured: under capture the check is skipped, not raised."""
+    q, k, v, cu = make_varlen([5, 12, 7], 2, 32, "cuda", torch.bfloat16)
+    expected = attention_varlen(q, k, v, cu, 12)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        attention_varlen(q, k, v, cu, 12)  # warm-up outside the capture
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = attention_varlen(q, k, v, cu, 12)
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(out, expected)
 
 
 @requires_cuda
