@@ -102,6 +102,10 @@ class BertSelfAttention(nn.Module):
         if not keep_vars:
             weight, bias = weight.detach(), bias.detach()
         for name, w, b in zip(self._PARTS, weight.chunk(3), bias.chunk(3)):
+            if not keep_vars:
+                # Copies: views of one storage are refused by safetensors' save_file (which
+                # Trainer and accelerate call on a state dict), since they share memory.
+                w, b = w.clone(), b.clone()
             destination[f"{prefix}{name}.weight"] = w
             destination[f"{prefix}{name}.bias"] = b
 

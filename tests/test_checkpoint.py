@@ -264,3 +264,21 @@ def test_config_round_trip_keeps_unknown_fields_and_validates():
                          ({"num_hidden_layers": 0}, "num_hidden_layers")]:
         with pytest.raises(ValueError, match=message):
             bertfast.BertConfig(**bad)
+
+
+def test_state_dict_saves_with_plain_safetensors(tmp_path):
+    """Trainer and accelerate save a state dict with safetensors' save_file, which refuses
+    tensors that share memory: query/key/value must come out as tensors of their own."""
+    from safetensors.torch import load_file, save_file
+    config = bertfast.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                 intermediate_size=64, max_position_embeddings=40)
+    model = bertfast.BertForSequenceClassification(config)
+    path = str(tmp_path / "model.safetensors")
+    save_file(model.state_dict(), path)
+    fresh = bertfast.BertForSequenceClassification(config)
+    fresh.load_state_dict(load_file(path))
+    for (name, a), b in zip(model.named_parameters(), fresh.parameters()):
+        assert torch.equal(a, b), name
+    # keep_vars=True still hands out the live parameter (views), for code that edits in place
+    live = model.state_dict(keep_vars=True)["bert.encoder.layer.0.attention.self.query.weight"]
+    assert live.data_ptr() == model.bert.encoder.layer[0].attention.self.qkv_weight.data_ptr()

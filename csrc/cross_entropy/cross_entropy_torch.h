@@ -43,4 +43,58 @@ inline CrossEntropyArgs make_cross_entropy_args(const at::Tensor& logits, const 
   return a;
 }
 
+// A forward, checked and allocated: loss and lse (rows,) float32. With grad_into_logits (the
+// in-place forward+backward) the gradient of sum(loss) is written over the logits, which must
+// then be contiguous.
+struct CrossEntropyFwdCall {
+  at::Tensor logits, labels, loss, lse;
+  CrossEntropyArgs args;
+};
+
+inline CrossEntropyFwdCall prepare_cross_entropy_fwd(const at::Tensor& logits, const at::Tensor& labels,
+                                                     int64_t ignore_index, double label_smoothing, bool grad_into_logits,
+                                                     const char* op) {
+  check_cross_entropy_inputs(logits, labels, label_smoothing, op);
+  TORCH_CHECK_VALUE(!grad_into_logits || logits.is_contiguous(), op,
+                    ": the in-place forward+backward needs contiguous logits");
+  CrossEntropyFwdCall c;
+  c.logits = logits.contiguous();
+  c.labels = labels.contiguous();
+  c.loss = at::empty({logits.size(0)}, logits.options().dtype(at::kFloat));
+  c.lse = at::empty_like(c.loss);
+  c.args = make_cross_entropy_args(c.logits, c.labels, ignore_index, label_smoothing);
+  c.args.loss = c.loss.data_ptr<float>();
+  c.args.lse = c.lse.data_ptr<float>();
+  if (grad_into_logits) c.args.grad_logits = c.logits.data_ptr();
+  return c;
+}
+
+// A backward, checked and allocated: the gradient goes to a new tensor, or over the
+// (contiguous) logits when in_place.
+struct CrossEntropyBwdCall {
+  at::Tensor logits, labels, grad_loss, lse, grad;
+  CrossEntropyArgs args;
+};
+
+inline CrossEntropyBwdCall prepare_cross_entropy_bwd(const at::Tensor& grad_loss, const at::Tensor& logits,
+                                                     const at::Tensor& labels, const at::Tensor& lse,
+                                                     int64_t ignore_index, double label_smoothing, bool in_place,
+                                                     const char* op) {
+  check_cross_entropy_inputs(logits, labels, label_smoothing, op);
+  check_row_tensor(grad_loss, "grad_loss", logits, op);
+  check_row_tensor(lse, "lse", logits, op);
+  TORCH_CHECK_VALUE(!in_place || logits.is_contiguous(), op, ": the in-place backward needs contiguous logits");
+  CrossEntropyBwdCall c;
+  c.logits = logits.contiguous();
+  c.labels = labels.contiguous();
+  c.grad_loss = grad_loss.contiguous();
+  c.lse = lse.contiguous();
+  c.grad = in_place ? c.logits : empty_output(c.logits.sizes(), c.logits.options());
+  c.args = make_cross_entropy_args(c.logits, c.labels, ignore_index, label_smoothing);
+  c.args.lse = c.lse.data_ptr<float>();
+  c.args.grad_loss = c.grad_loss.data_ptr<float>();
+  c.args.grad_logits = c.grad.data_ptr();
+  return c;
+}
+
 }  // namespace bertfast
