@@ -50,6 +50,14 @@ void pre_norm_row(const T* x_all, const T* res_all, const std::vector<float>& xb
   }
 }
 
+// Asks for the next row while this one is computed: rows are a few KiB, and the hardware
+// prefetcher stops at every 4 KiB page, so without this each row starts with a DRAM wait.
+template <typename T>
+inline void prefetch_row(const T* row, int64_t n) {
+  const char* p = reinterpret_cast<const char*>(row);
+  for (int64_t off = 0; off < n * static_cast<int64_t>(sizeof(T)); off += 64) __builtin_prefetch(p + off, 0, 3);
+}
+
 template <typename T, typename P>
 void add_layer_norm_fwd_impl(const AddLayerNormFwdArgs& a) {
   const int64_t H = a.hidden;
@@ -59,6 +67,10 @@ void add_layer_norm_fwd_impl(const AddLayerNormFwdArgs& a) {
     std::vector<float> buf(5 * H);
     float *h = buf.data(), *scratch = h + H, *ybuf = scratch + 2 * H, *mult = ybuf + H;
     for (int64_t r = begin; r < end; ++r) {
+      if (r + 1 < end) {
+        prefetch_row(static_cast<const T*>(a.x) + (r + 1) * H, H);
+        prefetch_row(static_cast<const T*>(a.residual) + (r + 1) * H, H);
+      }
       pre_norm_row(static_cast<const T*>(a.x), static_cast<const T*>(a.residual), xb, r, H, a.seed, a.threshold,
                    a.scale, h, scratch, mult);
       const float mean = sum_row(h, H) / H;
@@ -131,15 +143,16 @@ inline void bwd_row_means(BwdRow& r, const float* w, const float* xb, int64_t H)
 // Pass 2, column by column across the block's rows:
 // dh = rstd * (w*dy - m1 - x_hat * m2), dx = dh * mult, and the partials
 // dw += dy * x_hat, db += dy, dxb += dx (dxb: nullptr when grad_x_bias is not wanted).
-// `upcoming` (n_upcoming row pointers) are the next block's input rows: pass 2 reads only
-// cached data, so it prefetches them from DRAM meanwhile (pass 1 would otherwise wait on DRAM;
-// the hardware prefetcher stops at every 4 KiB page).
+// `upcoming` (n_upcoming rows of elem_bytes-sized elements) are the next block's input rows:
+// pass 2 reads only cached data, so it prefetches them from DRAM meanwhile (pass 1 would
+// otherwise wait on DRAM; the hardware prefetcher stops at every 4 KiB page).
 inline void bwd_block_columns(const BwdRow* rows, int64_t count, const float* w, const float* xb, int64_t H,
-                              float* dw, float* db, float* dxb, const float* const* upcoming, int64_t n_upcoming) {
+                              float* dw, float* db, float* dxb, const char* const* upcoming, int64_t n_upcoming,
+                              int64_t elem_bytes) {
   constexpr int64_t V = fVec::size();
   for (int64_t j = 0; j < H; j += V) {
     const int64_t n = std::min(V, H - j);
-    for (int64_t u = 0; u < n_upcoming; ++u) __builtin_prefetch(upcoming[u] + j, 0, 3);
+    for (int64_t u = 0; u < n_upcoming; ++u) __builtin_prefetch(upcoming[u] + j * elem_bytes, 0, 3);
     const fVec wj = load_n(w + j, n);
     fVec acc_dw(0.0f), acc_db(0.0f), acc_dxb(0.0f);
     for (int64_t i = 0; i < count; ++i) {
@@ -198,16 +211,14 @@ void add_layer_norm_bwd_impl(const AddLayerNormBwdArgs& a) {
           row.rstd = a.rstd[r];
           bwd_row_means(row, w.data(), xbp, H);
         }
-        const float* upcoming[3 * kBwdBlockRows];
+        const char* upcoming[3 * kBwdBlockRows];
         int64_t n_upcoming = 0;
-        if constexpr (std::is_same_v<T, float>) {
-          for (int64_t r = r0 + count; r < std::min(rows, r0 + count + kBwdBlockRows); ++r) {
-            upcoming[n_upcoming++] = static_cast<const float*>(a.x) + r * H;
-            upcoming[n_upcoming++] = static_cast<const float*>(a.residual) + r * H;
-            upcoming[n_upcoming++] = static_cast<const float*>(a.grad_out) + r * H;
+        for (int64_t r = r0 + count; r < std::min(rows, r0 + count + kBwdBlockRows); ++r) {
+          for (const void* t : {a.x, a.residual, a.grad_out}) {
+            upcoming[n_upcoming++] = reinterpret_cast<const char*>(static_cast<const T*>(t) + r * H);
           }
         }
-        bwd_block_columns(block, count, w.data(), xbp, H, dw, db, dxb, upcoming, n_upcoming);
+        bwd_block_columns(block, count, w.data(), xbp, H, dw, db, dxb, upcoming, n_upcoming, sizeof(T));
         for (int64_t i = 0; i < count; ++i) {
           const int64_t r = r0 + i;
           store_row(block[i].dh, static_cast<T*>(a.grad_residual) + r * H, H);
