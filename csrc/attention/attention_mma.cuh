@@ -50,6 +50,9 @@ struct MmaType<__nv_bfloat16> {
 // c += a * b on tensor cores.
 template <typename T>
 __device__ __forceinline__ void mma_16816(float c[4], const uint32_t a[4], const uint32_t b[2]) {
+#if defined(BERTFAST_CUDA_EMU)  // the CPU emulation of tests/cuda_emu (no inline PTX on the host)
+  bertfast_emu::mma_16816<T>(c, a, b);
+#else
   if constexpr (std::is_same_v<T, __half>) {
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
@@ -63,6 +66,7 @@ __device__ __forceinline__ void mma_16816(float c[4], const uint32_t a[4], const
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
   }
+#endif
 }
 
 template <typename T>

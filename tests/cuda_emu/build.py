@@ -1,0 +1,144 @@
+"""Builds bertfast's CUDA kernel sources for the CPU emulation of cuda_emu.h.
+
+The .cu files are copied into a cache folder with two textual rewrites (the kernel bodies stay
+as they are): `kernel<<<grid, block, smem, stream>>>(args);` becomes
+`bertfast_emu::launch(bertfast_emu::kernel_id(kernel), [&] { kernel(args); }, grid, block, smem, stream);`
+and `extern __shared__ [__align__(n)] T name[];` becomes a pointer to the launch's dynamic shared
+memory. They are compiled with g++ together with emu_shim.cpp (a C ABI for ctypes) into one
+shared library, cached under a hash of every input.
+"""
+import glob
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+CSRC = os.path.join(ROOT, "csrc")
+
+_EXTERN_SHARED = re.compile(r"extern\s+__shared__\s+(?:__align__\(\s*\d+\s*\)\s+)?([\w\s]+?)\s+(\w+)\s*\[\s*\]\s*;")
+
+
+def _kernel_start(text, end):
+    """Start of the kernel expression that ends just before `end` (`name<targs>` or `name`)."""
+    i = end
+    while text[i - 1].isspace():
+        i -= 1
+    if text[i - 1] == ">":  # template arguments: walk back to the matching '<'
+        depth = 0
+        while True:
+            i -= 1
+            depth += {">": 1, "<": -1}.get(text[i], 0)
+            if depth == 0:
+                break
+    while text[i - 1].isalnum() or text[i - 1] in "_:":
+        i -= 1
+    return i
+
+
+def _matching_paren(text, i):
+    """Index just after the ')' matching the '(' at i."""
+    depth = 0
+    for j in range(i, len(text)):
+        depth += {"(": 1, ")": -1}.get(text[j], 0)
+        if depth == 0:
+            return j + 1
+    raise ValueError("unbalanced parentheses in a kernel launch")
+
+
+def rewrite_cuda_source(text):
+    """The two rewrites above; line numbers are kept (newlines inside a launch stay in it)."""
+    text = _EXTERN_SHARED.sub(
+        lambda m: f"{m.group(1)}* const {m.group(2)} = static_cast<{m.group(1)}*>(bertfast_emu::dynamic_smem());", text)
+    out, pos = [], 0
+    while (open_ := text.find("<<<", pos)) >= 0:
+        start = _kernel_start(text, open_)
+        close = text.index(">>>", open_)
+        config = text[open_ + 3 : close]
+        args_open = close + 3
+        while text[args_open].isspace():
+            args_open += 1
+        args_end = _matching_paren(text, args_open)
+        kernel = text[start:open_].strip()
+        out.append(text[pos:start])
+        out.append(f"bertfast_emu::launch(bertfast_emu::kernel_id({kernel}), [&] {{ {kernel}{text[args_open:args_end]}; }}, "
+                   f"{config})")
+        pos = args_end
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def cuda_include_dir():
+    """A folder with cuda_runtime.h and cuda_fp16.h: the toolkit's, else the nvidia pip wheel's."""
+    candidates = [os.environ.get("CUDA_HOME", ""), "/usr/local/cuda"]
+    candidates = [os.path.join(c, "include") for c in candidates if c]
+    for site in sys.path:
+        candidates += glob.glob(os.path.join(site, "nvidia", "*", "include"))
+    for c in candidates:
+        if all(os.path.exists(os.path.join(c, h)) for h in ("cuda_runtime.h", "cuda_fp16.h", "cuda_bf16.h")):
+            return c
+    return None
+
+
+def _sources():
+    kernels = sorted(glob.glob(os.path.join(CSRC, "**", "*.cu"), recursive=True))
+    headers = sorted(glob.glob(os.path.join(CSRC, "**", "*.cuh"), recursive=True) +
+                     glob.glob(os.path.join(CSRC, "**", "*.h"), recursive=True))
+    emu = [os.path.join(HERE, f) for f in ("cuda_emu.h", "emu_shim.cpp", "build.py")]
+    return kernels, headers, emu
+
+
+def build_library(cache_root=None, compiler="g++"):
+    """Path of the emulation library, built if its inputs changed. Raises on a compile error."""
+    include = cuda_include_dir()
+    if include is None:
+        raise FileNotFoundError("no CUDA headers (cuda_runtime.h, cuda_fp16.h) found")
+    kernels, headers, emu = _sources()
+    digest = hashlib.sha256(include.encode())
+    for path in kernels + headers + emu:
+        digest.update(path.encode())
+        with open(path, "rb") as f:
+            digest.update(f.read())
+    cache_root = cache_root or os.path.join(tempfile.gettempdir(), "bertfast_cuda_emu")
+    folder = os.path.join(cache_root, digest.hexdigest()[:16])
+    lib = os.path.join(folder, "libbertfast_cuda_emu.so")
+    if os.path.exists(lib):
+        return lib
+    work = tempfile.mkdtemp(dir=cache_root if os.path.isdir(cache_root) else None)
+    os.makedirs(cache_root, exist_ok=True)
+    src = os.path.join(work, "csrc")
+    for path in kernels + headers:
+        dst = os.path.join(src, os.path.relpath(path, CSRC))
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        with open(path) as f:
+            text = f.read()
+        with open(dst, "w") as f:
+            f.write(rewrite_cuda_source(text) if path.endswith((".cu", ".cuh")) else text)
+    flags = ["-std=c++20", "-O1", "-g0", "-fPIC", "-DBERTFAST_CUDA_EMU", "-DBERTFAST_WITH_CUDA", f"-I{include}",
+             f"-I{HERE}", f"-I{src}", "-include", "cuda_emu.h", "-Wno-attributes"]
+    units = [os.path.join(src, os.path.relpath(k, CSRC)) for k in kernels] + [os.path.join(HERE, "emu_shim.cpp")]
+
+    def compile_unit(unit):
+        obj = os.path.join(work, os.path.basename(unit) + ".o")
+        cmd = [compiler, *flags, "-x", "c++", "-c", unit, "-o", obj]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"compiling {unit} failed:\n{' '.join(cmd)}\n{r.stderr[-6000:]}")
+        return obj
+
+    with ThreadPoolExecutor(max_workers=max(1, min(len(units), os.cpu_count() or 1))) as pool:
+        objects = list(pool.map(compile_unit, units))
+    # -Bsymbolic: the cudaGetLastError etc. defined here win over a libcudart torch may have loaded
+    tmp_lib = os.path.join(work, "lib.so")
+    r = subprocess.run([compiler, "-shared", "-Wl,-Bsymbolic", "-o", tmp_lib, *objects], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"linking the emulation library failed:\n{r.stderr[-6000:]}")
+    os.makedirs(folder, exist_ok=True)
+    os.replace(tmp_lib, lib)  # atomic: a concurrent build finds either nothing or a whole library
+    shutil.rmtree(work, ignore_errors=True)
+    return lib

@@ -1,0 +1,338 @@
+// A CPU emulation of exactly the CUDA features bertfast's kernels use, so that the unmodified
+// kernel sources (csrc/**/*_kernels.cu) compile with g++ and run on a machine without a GPU.
+// Force-included (g++ -include cuda_emu.h) before each rewritten .cu file; build.py turns the
+// `kernel<<<grid, block, smem, stream>>>(args)` launches into bertfast_emu::launch calls and
+// `extern __shared__ T name[]` into a pointer to the launch's dynamic shared memory.
+//
+// A grid runs block by block. The threads of a block are cooperative fibers (ucontext) that
+// run one at a time until they reach a barrier, so that
+//  - __syncthreads() / __syncthreads_or() wait for every thread of the block that has not exited;
+//  - __syncwarp(), __shfl_xor_sync() and the mma.sync emulation wait for all 32 lanes of the warp
+//    (a warp op with a lane that has exited, or threads stuck at different barriers, is reported
+//    as a launch failure, not a hang);
+//  - `__shared__` variables are `static` (blocks run one at a time, so one copy serves all).
+// Dynamic shared memory is filled with 0xFF bytes (NaN in every float format) before each
+// block, so a kernel that reads shared memory it did not write sees NaN, as garbage would.
+// Between barriers the threads run in index order, or in reverse order (set_reverse_schedule):
+// a kernel whose result differs between the two orders has a race.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <ucontext.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+// Host meanings of the CUDA qualifiers (cuda_runtime.h defined them as attributes g++ ignores).
+#undef __global__
+#undef __device__
+#undef __host__
+#undef __shared__
+#undef __forceinline__
+#undef __launch_bounds__
+#undef __align__
+#define __global__
+#define __device__
+#define __host__
+#define __shared__ static
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __align__(n) __attribute__((aligned(n)))
+
+namespace bertfast_emu {
+
+enum class State { kRunnable, kAtBlockBarrier, kAtWarpBarrier, kDone };
+
+struct Fiber {
+  ucontext_t context;
+  uint3 thread_idx;
+  int linear = 0;  // x + y * blockDim.x + z * blockDim.x * blockDim.y
+  State state = State::kRunnable;
+};
+
+constexpr int kMaxThreads = 1024;
+constexpr int kMaxWarps = kMaxThreads / 32;
+constexpr size_t kStackBytes = 64 * 1024;
+constexpr size_t kDefaultSmemLimit = 48 * 1024;
+constexpr size_t kOptInSmemLimit = 163 * 1024;  // sm_80, the smallest of the targets
+
+// Launch state. Everything runs on the calling OS thread; these are its globals.
+inline Fiber* g_current = nullptr;
+inline uint3 g_block_idx;
+inline dim3 g_block_dim, g_grid_dim;
+inline ucontext_t g_scheduler;
+inline void (*g_body)(void*) = nullptr;
+inline void* g_body_arg = nullptr;
+inline std::vector<unsigned char> g_dynamic_smem;
+inline int g_block_or_pending = 0, g_block_or_result = 0;
+inline std::string g_error;                   // first failure of the current launch sequence
+inline cudaError_t g_last_error = cudaSuccess;  // what cudaGetLastError returns
+inline bool g_reverse_schedule = false;
+inline int g_sm_count = 2;
+
+// Per warp exchange slots of the shuffles and the MMA (read between two warp barriers).
+inline uint64_t g_shuffle_slots[kMaxWarps][32];
+struct MmaFragments {
+  uint32_t a[4], b[2];
+};
+inline MmaFragments g_mma_slots[kMaxWarps][32];
+
+inline void fail(const std::string& message) {
+  if (g_error.empty()) g_error = message;
+}
+
+inline void* dynamic_smem() { return g_dynamic_smem.data(); }
+
+// Gives control back to the scheduler until the barrier this fiber waits at is released.
+inline void wait_at(State s) {
+  Fiber* f = g_current;
+  f->state = s;
+  swapcontext(&f->context, &g_scheduler);
+}
+
+inline void warp_barrier() { wait_at(State::kAtWarpBarrier); }
+
+inline void fiber_main() {
+  g_body(g_body_arg);
+  g_current->state = State::kDone;  // uc_link returns to the scheduler
+}
+
+inline std::vector<char>& stacks() {
+  static std::vector<char> s;
+  return s;
+}
+
+// Releases the barrier that all waiting fibers can pass; false if none (a deadlock).
+inline bool release_barrier(std::vector<Fiber>& fibers) {
+  const int n = static_cast<int>(fibers.size());
+  bool released = false;
+  for (int w0 = 0; w0 < n; w0 += 32) {
+    const int w1 = w0 + 32 < n ? w0 + 32 : n;
+    int waiting = 0, done = 0;
+    for (int i = w0; i < w1; ++i) {
+      waiting += fibers[i].state == State::kAtWarpBarrier;
+      done += fibers[i].state == State::kDone;
+    }
+    if (waiting == 0 || waiting + done < w1 - w0) continue;
+    if (done > 0 || w1 - w0 < 32) {
+      fail("a warp-synchronous operation (full mask) ran in warp " + std::to_string(w0 / 32) + " with " +
+           std::to_string(32 - waiting) + " lanes exited or missing");
+      return false;
+    }
+    for (int i = w0; i < w1; ++i) fibers[i].state = State::kRunnable;
+    released = true;
+  }
+  if (released) return true;
+  int at_block = 0, done = 0;
+  for (const Fiber& f : fibers) {
+    at_block += f.state == State::kAtBlockBarrier;
+    done += f.state == State::kDone;
+  }
+  if (at_block > 0 && at_block + done == n) {
+    g_block_or_result = g_block_or_pending;
+    g_block_or_pending = 0;
+    for (Fiber& f : fibers)
+      if (f.state == State::kAtBlockBarrier) f.state = State::kRunnable;
+    return true;
+  }
+  fail("deadlock in block (" + std::to_string(g_block_idx.x) + "," + std::to_string(g_block_idx.y) + "," +
+       std::to_string(g_block_idx.z) + "): " + std::to_string(at_block) +
+       " threads wait at __syncthreads while others wait at a warp operation");
+  return false;
+}
+
+// Runs the threads of the current block to completion; false on a failure (see g_error).
+inline bool run_block(std::vector<Fiber>& fibers) {
+  const int n = static_cast<int>(fibers.size());
+  char* stack = stacks().data();
+  for (int i = 0; i < n; ++i) {
+    Fiber& f = fibers[i];
+    f.linear = i;
+    f.thread_idx = make_uint3(i % g_block_dim.x, (i / g_block_dim.x) % g_block_dim.y, i / (g_block_dim.x * g_block_dim.y));
+    f.state = State::kRunnable;
+    getcontext(&f.context);
+    f.context.uc_stack.ss_sp = stack + static_cast<size_t>(i) * kStackBytes;
+    f.context.uc_stack.ss_size = kStackBytes;
+    f.context.uc_link = &g_scheduler;
+    makecontext(&f.context, fiber_main, 0);
+  }
+  g_block_or_pending = g_block_or_result = 0;
+  for (;;) {
+    for (int k = 0; k < n; ++k) {
+      Fiber& f = fibers[g_reverse_schedule ? n - 1 - k : k];
+      if (f.state != State::kRunnable) continue;
+      g_current = &f;
+      swapcontext(&g_scheduler, &f.context);
+      if (!g_error.empty()) return false;
+    }
+    bool all_done = true;
+    for (const Fiber& f : fibers) all_done = all_done && f.state == State::kDone;
+    if (all_done) return true;
+    if (!release_barrier(fibers)) return false;
+  }
+}
+
+template <typename F>
+void call_body(void* body) {
+  (*static_cast<F*>(body))();
+}
+
+template <typename F>
+const void* kernel_id(F* kernel) {
+  return reinterpret_cast<const void*>(kernel);
+}
+
+// Opt-in dynamic shared memory limits set with cudaFuncSetAttribute, per kernel.
+struct SmemOptIn {
+  const void* kernel;
+  int bytes;
+};
+inline std::vector<SmemOptIn>& smem_opt_ins() {
+  static std::vector<SmemOptIn> v;
+  return v;
+}
+
+inline size_t smem_limit(const void* kernel) {
+  for (const SmemOptIn& o : smem_opt_ins())
+    if (o.kernel == kernel) return static_cast<size_t>(o.bytes) > kDefaultSmemLimit ? o.bytes : kDefaultSmemLimit;
+  return kDefaultSmemLimit;
+}
+
+inline void launch_failed(cudaError_t err, const std::string& why) {
+  fail(why);
+  g_last_error = err;
+}
+
+// kernel<<<grid, block, smem, stream>>>(args) becomes launch(kernel_id(kernel), [&] { kernel(args); }, grid, ...).
+template <typename F>
+void launch(const void* kernel, F&& body, dim3 grid, dim3 block, size_t smem = 0, cudaStream_t = nullptr) {
+  const uint64_t threads = static_cast<uint64_t>(block.x) * block.y * block.z;
+  if (threads == 0 || threads > kMaxThreads || block.z > 64 || grid.x == 0 || grid.y == 0 || grid.z == 0 ||
+      grid.y > 65535 || grid.z > 65535) {
+    launch_failed(cudaErrorInvalidConfiguration,
+                  "invalid launch configuration: grid (" + std::to_string(grid.x) + "," + std::to_string(grid.y) +
+                      "," + std::to_string(grid.z) + ") block (" + std::to_string(block.x) + "," +
+                      std::to_string(block.y) + "," + std::to_string(block.z) + ")");
+    return;
+  }
+  if (smem > smem_limit(kernel)) {
+    launch_failed(cudaErrorInvalidValue, std::to_string(smem) + " bytes of dynamic shared memory, above the " +
+                                             std::to_string(smem_limit(kernel)) + " the kernel may use");
+    return;
+  }
+  if (!g_error.empty()) return;  // an earlier launch failed: later kernels would read garbage
+  stacks().resize(static_cast<size_t>(kMaxThreads) * kStackBytes);
+  std::vector<Fiber> fibers(threads);
+  g_block_dim = block;
+  g_grid_dim = grid;
+  g_body = &call_body<std::remove_reference_t<F>>;
+  g_body_arg = &body;
+  for (unsigned z = 0; z < grid.z; ++z)
+    for (unsigned y = 0; y < grid.y; ++y)
+      for (unsigned x = 0; x < grid.x; ++x) {
+        g_block_idx = make_uint3(x, y, z);
+        g_dynamic_smem.assign(smem + 16, 0xFF);
+        if (!run_block(fibers)) {
+          g_last_error = cudaErrorLaunchFailure;
+          return;
+        }
+      }
+}
+
+// Warp-level operations: every lane deposits, a warp barrier, every lane reads, a barrier
+// again so that no lane overwrites a slot before all have read it.
+inline void check_full_mask(unsigned mask, const char* what) {
+  if (mask != 0xffffffffu) fail(std::string(what) + ": only the full mask is emulated");
+}
+
+template <typename T>
+T shfl_xor(unsigned mask, T v, int lane_mask) {
+  static_assert(sizeof(T) <= 8, "shuffled values are at most 8 bytes");
+  check_full_mask(mask, "__shfl_xor_sync");
+  const int warp = g_current->linear / 32, lane = g_current->linear % 32;
+  std::memcpy(&g_shuffle_slots[warp][lane], &v, sizeof(T));
+  warp_barrier();
+  T r;
+  std::memcpy(&r, &g_shuffle_slots[warp][(lane ^ lane_mask) & 31], sizeof(T));
+  warp_barrier();
+  return r;
+}
+
+inline float to_float(__half v) { return __half2float(v); }
+inline float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T>
+float mma_element(uint32_t packed, int half) {
+  T v;
+  const uint16_t bits = static_cast<uint16_t>(packed >> (16 * half));
+  std::memcpy(&v, &bits, 2);
+  return to_float(v);
+}
+
+// mma.sync.aligned.m16n8k16.row.col.f32.{f16,bf16}: C (16x8) += A (16x16) B (16x8), fp32
+// accumulation, fragments in the PTX ISA layout (lane = 4*g + t; see attention_mma.cuh).
+template <typename T>
+void mma_16816(float c[4], const uint32_t a[4], const uint32_t b[2]) {
+  const int warp = g_current->linear / 32, lane = g_current->linear % 32;
+  MmaFragments& mine = g_mma_slots[warp][lane];
+  std::memcpy(mine.a, a, sizeof(mine.a));
+  std::memcpy(mine.b, b, sizeof(mine.b));
+  warp_barrier();
+  const MmaFragments* f = g_mma_slots[warp];
+  // A[m][k]: lane 4*(m%8) + (k%8)/2, register (m >= 8) + 2*(k >= 8), half k%2.
+  auto A = [&](int m, int k) { return mma_element<T>(f[4 * (m % 8) + (k % 8) / 2].a[(m >= 8) + 2 * (k >= 8)], k % 2); };
+  // B[k][n]: lane 4*n + (k%8)/2, register (k >= 8), half k%2.
+  auto B = [&](int k, int n) { return mma_element<T>(f[4 * n + (k % 8) / 2].b[k >= 8], k % 2); };
+  const int g = lane / 4, t = lane % 4;
+  for (int e = 0; e < 4; ++e) {
+    const int m = g + 8 * (e / 2), n = 2 * t + (e % 2);
+    float acc = c[e];
+    for (int k = 0; k < 16; ++k) acc += A(m, k) * B(k, n);
+    c[e] = acc;
+  }
+  warp_barrier();
+}
+
+}  // namespace bertfast_emu
+
+// Built-in variables of the running thread and block.
+#define threadIdx (bertfast_emu::g_current->thread_idx)
+#define blockIdx (bertfast_emu::g_block_idx)
+#define blockDim (bertfast_emu::g_block_dim)
+#define gridDim (bertfast_emu::g_grid_dim)
+
+inline void __syncthreads() { bertfast_emu::wait_at(bertfast_emu::State::kAtBlockBarrier); }
+inline int __syncthreads_or(int predicate) {
+  bertfast_emu::g_block_or_pending |= predicate != 0;
+  bertfast_emu::wait_at(bertfast_emu::State::kAtBlockBarrier);
+  return bertfast_emu::g_block_or_result;
+}
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+  bertfast_emu::check_full_mask(mask, "__syncwarp");
+  bertfast_emu::warp_barrier();
+}
+template <typename T>
+inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
+  if (width != 32) bertfast_emu::fail("__shfl_xor_sync: only width 32 is emulated");
+  return bertfast_emu::shfl_xor(mask, v, lane_mask);
+}
+
+// Fast-math intrinsics: their host counterparts (the device versions are less accurate, so
+// the emulation is at least as accurate as the GPU; tolerances must allow the GPU's error).
+inline float __expf(float x) { return expf(x); }
+inline float __logf(float x) { return logf(x); }
+#if !defined(BERTFAST_EMU_HAVE_RSQRTF)
+inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
+#endif
+
+// cuda_runtime.h declares the typed overload only for nvcc.
+template <typename T>
+inline cudaError_t cudaFuncSetAttribute(T* kernel, cudaFuncAttribute attr, int value) {
+  return cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel), attr, value);
+}

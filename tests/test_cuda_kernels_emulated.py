@@ -1,0 +1,120 @@
+"""bertfast's CUDA kernels, run on the CPU through the emulation in tests/cuda_emu/, against
+bertfast.reference in float64.
+
+The unmodified csrc/**/*_kernels.cu files are compiled with g++ against cuda_emu.h (threads of
+a block as fibers with real __syncthreads / warp-shuffle / mma.sync semantics), so their index
+math, barriers, dropout counters and numerics are checked on a machine without a GPU. Outputs
+start as NaN: an element a kernel does not write fails the comparison. Shapes are small because
+the emulation switches context at every barrier.
+"""
+import shutil
+
+import pytest
+import torch
+
+from bertfast import reference
+from cuda_emu import build
+from cuda_emu.kernels import EmulatedKernels
+from helpers import FLOOR, assert_lowp_close
+
+pytestmark = pytest.mark.skipif(shutil.which("g++") is None or build.cuda_include_dir() is None,
+                                reason="the CUDA emulation needs g++ and the CUDA headers (toolkit or nvidia wheel)")
+
+LOW = [torch.float16, torch.bfloat16]
+
+
+@pytest.fixture(scope="module")
+def emu():
+    kernels = EmulatedKernels(build.build_library())
+    yield kernels
+    kernels.configure()
+
+
+def grads_of(fn, tensors, grad_out):
+    """fn(*tensors) and the gradient of each tensor that is not None."""
+    leaves = [None if t is None else t.detach().clone().requires_grad_(True) for t in tensors]
+    out = fn(*leaves)
+    out.backward(grad_out.to(out.dtype))
+    return out.detach(), [None if t is None else t.grad for t in leaves]
+
+
+def check_close(name, got, ref64, ref_lowp, dtype, floor=None):
+    """DESIGN.md's rule for low precision; for float32 a floor of a few ulps times the reduction."""
+    if dtype == torch.float32:
+        err = (got.double() - ref64.double()).abs().max().item()
+        allowed = (floor or 1e-5) * max(1.0, ref64.abs().max().item())
+        assert not torch.isnan(got).any() and err <= allowed, f"{name}: max error {err:.3e} > {allowed:.3e}"
+    else:
+        assert_lowp_close(name, got, ref64, ref_lowp, dtype, floor)
+
+
+# ---------------------------------------------------------------------------------------------
+# add_layer_norm
+
+LN_CASES = [  # rows, hidden, act dtype, param dtype, x_bias, dropout p, force the scalar path
+    (3, 7, torch.float16, torch.float16, True, 0.0, False),
+    (37, 64, torch.bfloat16, torch.bfloat16, True, 0.1, False),
+    (37, 64, torch.float16, torch.float32, False, 0.0, True),
+    (3, 100, torch.bfloat16, torch.float32, True, 0.2, False),
+    (37, 768, torch.float16, torch.float16, True, 0.1, False),
+    (1, 768, torch.float32, torch.float32, True, 0.1, False),
+    (3, 1000, torch.bfloat16, torch.bfloat16, False, 0.1, False),
+    (3, 4096, torch.float16, torch.float32, True, 0.0, False),
+    (1, 4096, torch.bfloat16, torch.bfloat16, True, 0.3, True),
+    (3, 8192, torch.float32, torch.float32, True, 0.1, False),
+    (37, 7, torch.float32, torch.float32, False, 0.5, False),
+]
+
+
+def layer_norm_inputs(rows, hidden, dtype, param_dtype, with_x_bias):
+    x = torch.randn(rows, hidden).to(dtype)
+    residual = (2 * torch.randn(rows, hidden) + 0.5).to(dtype)
+    weight = (1 + 0.5 * torch.randn(hidden)).to(param_dtype)
+    bias = (0.3 * torch.randn(hidden)).to(param_dtype)
+    x_bias = (0.3 * torch.randn(hidden)).to(param_dtype) if with_x_bias else None
+    return x, residual, weight, bias, x_bias
+
+
+@pytest.mark.parametrize("rows,hidden,dtype,param_dtype,with_x_bias,p,scalar", LN_CASES)
+def test_add_layer_norm(emu, rows, hidden, dtype, param_dtype, with_x_bias, p, scalar):
+    torch.manual_seed(rows * 1000 + hidden)
+    eps = 1e-5
+    x, residual, weight, bias, x_bias = layer_norm_inputs(rows, hidden, dtype, param_dtype, with_x_bias)
+    grad_out = torch.randn(rows, hidden).to(dtype)
+    seed = 12345 + hidden
+    aligned = False if scalar else None
+    out, mean, rstd = emu.add_layer_norm_fwd(x, residual, weight, bias, x_bias, eps, seed, p, aligned=aligned)
+    grads = emu.add_layer_norm_bwd(grad_out, x, residual, weight, x_bias, mean, rstd, seed, p,
+                                   want_grad_x_bias=with_x_bias, aligned=aligned)
+    grad_residual, grad_x, grad_weight, grad_bias, grad_x_bias = grads
+
+    keep = reference.dropout_keep_mask(seed, (rows, hidden), p) if p > 0 else None
+
+    def ref_fn(x_, r_, w_, b_, xb_):
+        return reference.add_layer_norm(x_, r_, w_, b_, eps, x_bias=xb_, dropout_p=p, keep_mask=keep)
+
+    inputs = (x, residual, weight, bias, x_bias)
+    out64, g64 = grads_of(ref_fn, [None if t is None else t.double() for t in inputs], grad_out.double())
+    if dtype == torch.float32:
+        out_lp, glp = None, [None] * 5
+    else:  # the reference in the activation dtype (parameters upcast like the kernels' fp32 math)
+        out_lp, glp = grads_of(ref_fn, list(inputs), grad_out)
+
+    # the row statistics of h = residual + dropout(x + x_bias), from the float64 h
+    h = residual.double() + (x.double() + (x_bias.double() if with_x_bias else 0)) * (
+        keep.double() / (1 - p) if p > 0 else 1)
+    var, mean64 = torch.var_mean(h, dim=-1, unbiased=False)
+    assert torch.allclose(mean.double(), mean64, rtol=1e-5, atol=1e-5 * h.abs().max().item())
+    assert torch.allclose(rstd.double(), (var + eps).rsqrt(), rtol=1e-4)
+
+    check_close("out", out, out64, out_lp, dtype)
+    floor_rows = 1e-5 * max(4.0, rows**0.5)  # parameter gradients sum over the rows
+    check_close("grad_residual", grad_residual, g64[1], glp[1], dtype, 1e-5 * max(4.0, hidden**0.5))
+    if p > 0:
+        check_close("grad_x", grad_x, g64[0], glp[0], dtype, 1e-5 * max(4.0, hidden**0.5))
+        # a dropped element has exactly zero gradient
+        assert (grad_x[~keep] == 0).all()
+    for name, got, ref64_, ref_lp in (("grad_weight", grad_weight, g64[2], glp[2]), ("grad_bias", grad_bias, g64[3], glp[3]),
+                                      ("grad_x_bias", grad_x_bias, g64[4], glp[4])):
+        if ref64_ is not None:
+            check_close(name, got, ref64_, ref_lp, param_dtype, floor_rows if param_dtype == torch.float32 else None)
