@@ -118,3 +118,33 @@ def test_add_layer_norm(emu, rows, hidden, dtype, param_dtype, with_x_bias, p, s
                                       ("grad_x_bias", grad_x_bias, g64[4], glp[4])):
         if ref64_ is not None:
             check_close(name, got, ref64_, ref_lp, param_dtype, floor_rows if param_dtype == torch.float32 else None)
+
+
+def assert_schedule_independent(emu, name, run):
+    """run() gives the same bits whether warps (and lanes) run first-to-last or last-to-first
+    between barriers; a difference means a missing barrier (a race on shared memory)."""
+    emu.configure(reverse_schedule=False)
+    forward = run()
+    emu.configure(reverse_schedule=True)
+    try:
+        backward = run()
+    finally:
+        emu.configure(reverse_schedule=False)
+    for i, (a, b) in enumerate(zip(forward, backward)):
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True, msg=lambda m: f"{name}[{i}]: {m}")
+
+
+@pytest.mark.parametrize("rows,hidden,dtype", [(37, 1000, torch.bfloat16), (3, 8192, torch.float32),
+                                               (37, 64, torch.float16)])
+def test_add_layer_norm_has_no_race(emu, rows, hidden, dtype):
+    torch.manual_seed(hidden)
+    x, residual, weight, bias, x_bias = layer_norm_inputs(rows, hidden, dtype, dtype, True)
+    grad_out = torch.randn(rows, hidden).to(dtype)
+
+    def run():
+        out, mean, rstd = emu.add_layer_norm_fwd(x, residual, weight, bias, x_bias, 1e-5, 7, 0.1)
+        grads = emu.add_layer_norm_bwd(grad_out, x, residual, weight, x_bias, mean, rstd, 7, 0.1, True)
+        return (out, mean, rstd, *grads)
+
+    assert_schedule_independent(emu, "add_layer_norm", run)

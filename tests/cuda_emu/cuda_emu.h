@@ -13,8 +13,9 @@
 //  - `__shared__` variables are `static` (blocks run one at a time, so one copy serves all).
 // Dynamic shared memory is filled with 0xFF bytes (NaN in every float format) before each
 // block, so a kernel that reads shared memory it did not write sees NaN, as garbage would.
-// Between barriers the threads run in index order, or in reverse order (set_reverse_schedule):
-// a kernel whose result differs between the two orders has a race.
+// Each warp runs up to its next __syncthreads before the next warp starts, lanes in order, or
+// all in reverse order (g_reverse_schedule): a kernel whose result differs between the two
+// schedules has a race (a missing barrier).
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -108,48 +109,49 @@ inline std::vector<char>& stacks() {
   return s;
 }
 
-// Releases the barrier that all waiting fibers can pass; false if none (a deadlock).
-inline bool release_barrier(std::vector<Fiber>& fibers) {
+inline std::string block_name() {
+  return "block (" + std::to_string(g_block_idx.x) + "," + std::to_string(g_block_idx.y) + "," +
+         std::to_string(g_block_idx.z) + ")";
+}
+
+// Runs warp w until each of its lanes has exited or waits at __syncthreads, releasing its warp
+// barriers as they fill; false on a failure (see g_error).
+inline bool run_warp(std::vector<Fiber>& fibers, int w) {
   const int n = static_cast<int>(fibers.size());
-  bool released = false;
-  for (int w0 = 0; w0 < n; w0 += 32) {
-    const int w1 = w0 + 32 < n ? w0 + 32 : n;
-    int waiting = 0, done = 0;
-    for (int i = w0; i < w1; ++i) {
-      waiting += fibers[i].state == State::kAtWarpBarrier;
+  const int w0 = 32 * w, lanes = (w0 + 32 < n ? 32 : n - w0);
+  for (;;) {
+    for (int k = 0; k < lanes; ++k) {
+      Fiber& f = fibers[w0 + (g_reverse_schedule ? lanes - 1 - k : k)];
+      if (f.state != State::kRunnable) continue;
+      g_current = &f;
+      swapcontext(&g_scheduler, &f.context);
+      if (!g_error.empty()) return false;
+    }
+    int at_warp = 0, done = 0;
+    for (int i = w0; i < w0 + lanes; ++i) {
+      at_warp += fibers[i].state == State::kAtWarpBarrier;
       done += fibers[i].state == State::kDone;
     }
-    if (waiting == 0 || waiting + done < w1 - w0) continue;
-    if (done > 0 || w1 - w0 < 32) {
-      fail("a warp-synchronous operation (full mask) ran in warp " + std::to_string(w0 / 32) + " with " +
-           std::to_string(32 - waiting) + " lanes exited or missing");
+    if (at_warp == 0) return true;
+    if (at_warp + done < lanes) {
+      fail(block_name() + ", warp " + std::to_string(w) +
+           ": some lanes wait at a warp operation, others at __syncthreads (a deadlock)");
       return false;
     }
-    for (int i = w0; i < w1; ++i) fibers[i].state = State::kRunnable;
-    released = true;
+    if (at_warp < 32) {
+      fail(block_name() + ", warp " + std::to_string(w) + ": a warp-synchronous operation (full mask) with " +
+           std::to_string(32 - at_warp) + " lanes exited or missing");
+      return false;
+    }
+    for (int i = w0; i < w0 + lanes; ++i) fibers[i].state = State::kRunnable;
   }
-  if (released) return true;
-  int at_block = 0, done = 0;
-  for (const Fiber& f : fibers) {
-    at_block += f.state == State::kAtBlockBarrier;
-    done += f.state == State::kDone;
-  }
-  if (at_block > 0 && at_block + done == n) {
-    g_block_or_result = g_block_or_pending;
-    g_block_or_pending = 0;
-    for (Fiber& f : fibers)
-      if (f.state == State::kAtBlockBarrier) f.state = State::kRunnable;
-    return true;
-  }
-  fail("deadlock in block (" + std::to_string(g_block_idx.x) + "," + std::to_string(g_block_idx.y) + "," +
-       std::to_string(g_block_idx.z) + "): " + std::to_string(at_block) +
-       " threads wait at __syncthreads while others wait at a warp operation");
-  return false;
 }
 
 // Runs the threads of the current block to completion; false on a failure (see g_error).
+// Each warp runs up to its next __syncthreads before the next warp starts (the largest skew
+// between warps a GPU may show), in warp order or, with g_reverse_schedule, the reverse.
 inline bool run_block(std::vector<Fiber>& fibers) {
-  const int n = static_cast<int>(fibers.size());
+  const int n = static_cast<int>(fibers.size()), warps = (n + 31) / 32;
   char* stack = stacks().data();
   for (int i = 0; i < n; ++i) {
     Fiber& f = fibers[i];
@@ -164,17 +166,17 @@ inline bool run_block(std::vector<Fiber>& fibers) {
   }
   g_block_or_pending = g_block_or_result = 0;
   for (;;) {
-    for (int k = 0; k < n; ++k) {
-      Fiber& f = fibers[g_reverse_schedule ? n - 1 - k : k];
-      if (f.state != State::kRunnable) continue;
-      g_current = &f;
-      swapcontext(&g_scheduler, &f.context);
-      if (!g_error.empty()) return false;
-    }
-    bool all_done = true;
-    for (const Fiber& f : fibers) all_done = all_done && f.state == State::kDone;
-    if (all_done) return true;
-    if (!release_barrier(fibers)) return false;
+    for (int k = 0; k < warps; ++k)
+      if (!run_warp(fibers, g_reverse_schedule ? warps - 1 - k : k)) return false;
+    bool any = false;  // every thread has exited or waits at __syncthreads: release it
+    for (Fiber& f : fibers)
+      if (f.state == State::kAtBlockBarrier) {
+        f.state = State::kRunnable;
+        any = true;
+      }
+    if (!any) return true;
+    g_block_or_result = g_block_or_pending;
+    g_block_or_pending = 0;
   }
 }
 
