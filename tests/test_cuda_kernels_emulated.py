@@ -148,3 +148,93 @@ def test_add_layer_norm_has_no_race(emu, rows, hidden, dtype):
         return (out, mean, rstd, *grads)
 
     assert_schedule_independent(emu, "add_layer_norm", run)
+
+
+# ---------------------------------------------------------------------------------------------
+# softmax_cross_entropy
+
+def cross_entropy_inputs(rows, classes, dtype, offset=0):
+    """Logits (a view `offset` elements into its buffer, so rows start off a 16-byte boundary)
+    and labels with some rows ignored."""
+    buffer = (3 * torch.randn(rows * classes + offset)).to(dtype)
+    logits = buffer[offset:].view(rows, classes)
+    labels = torch.randint(0, classes, (rows,))
+    labels[torch.rand(rows) < 0.25] = -100
+    labels[0] = classes - 1
+    return logits, labels
+
+
+def cross_entropy_reference(logits, labels, smoothing, grad_loss):
+    """Per-row loss, log-sum-exp (0 where ignored) and d(sum grad_loss * loss)/dlogits."""
+    x = logits.detach().clone().requires_grad_(True)
+    loss = torch.nn.functional.cross_entropy(x, labels, ignore_index=-100, label_smoothing=smoothing,
+                                             reduction="none")
+    (loss * grad_loss.to(loss.dtype)).sum().backward()
+    lse = torch.where(labels == -100, 0.0, torch.logsumexp(x.detach(), dim=-1))
+    return loss.detach(), lse, x.grad
+
+
+CE_CASES = [  # rows, classes, dtype, label smoothing, offset of the logits in their buffer
+    (5, 2, torch.float32, 0.0, 0),
+    (5, 9, torch.bfloat16, 0.1, 1),
+    (9, 9, torch.float16, 0.0, 3),
+    (5, 1000, torch.float16, 0.1, 0),
+    (3, 1000, torch.float32, 0.0, 1),
+    (3, 1025, torch.bfloat16, 0.0, 5),
+    (3, 30522, torch.bfloat16, 0.1, 0),
+    (2, 30522, torch.float16, 0.0, 1),
+    (2, 30522, torch.float32, 0.1, 3),
+]
+
+
+@pytest.mark.parametrize("rows,classes,dtype,smoothing,offset", CE_CASES)
+def test_softmax_cross_entropy(emu, rows, classes, dtype, smoothing, offset):
+    torch.manual_seed(rows * 100 + classes)
+    logits, labels = cross_entropy_inputs(rows, classes, dtype, offset)
+    grad_loss = torch.randn(rows)
+    loss64, lse64, grad64 = cross_entropy_reference(logits.double(), labels, smoothing, grad_loss.double())
+    if dtype == torch.float32:
+        loss_lp = grad_lp = None
+    else:
+        loss_lp, _, grad_lp = cross_entropy_reference(logits, labels, smoothing, grad_loss)
+    floor = 1e-5 * max(4.0, classes**0.5)
+
+    loss, lse, _ = emu.cross_entropy(0, logits, labels, label_smoothing=smoothing)
+    # loss and lse are float32 sums over the row, from the same inputs: the float32 rule applies
+    check_close("loss", loss, loss64, None, torch.float32, floor)
+    check_close("lse", lse, lse64, None, torch.float32, floor)
+
+    # backward into a new tensor, at a different offset from a 16-byte boundary (the scalar path)
+    grad_buffer = torch.full((rows * classes + 1,), float("nan"), dtype=dtype)
+    _, _, grad = emu.cross_entropy(1, logits, labels, label_smoothing=smoothing, lse=lse, grad_loss=grad_loss,
+                                   grad_out=grad_buffer[1:].view(rows, classes))
+    check_close("grad (backward)", grad, grad64, grad_lp, dtype)
+    # backward in place over a copy of the logits (the vector path)
+    in_place = logits.clone()
+    emu.cross_entropy(1, in_place, labels, label_smoothing=smoothing, lse=lse, grad_loss=grad_loss, grad_out=in_place)
+    check_close("grad (backward, in place)", in_place, grad64, grad_lp, dtype)
+
+    # forward + backward in place: the gradient of sum(loss) over the logits
+    ones = torch.ones(rows)
+    _, _, grad1_64 = cross_entropy_reference(logits.double(), labels, smoothing, ones.double())
+    grad1_lp = None if dtype == torch.float32 else cross_entropy_reference(logits, labels, smoothing, ones)[2]
+    fused = logits.clone()
+    loss2, lse2, _ = emu.cross_entropy(2, fused, labels, label_smoothing=smoothing, grad_out=fused)
+    check_close("loss (fwd_bwd)", loss2, loss64, None, torch.float32, floor)
+    check_close("lse (fwd_bwd)", lse2, lse64, None, torch.float32, floor)
+    check_close("grad (fwd_bwd)", fused, grad1_64, grad1_lp, dtype)
+    ignored = labels == -100
+    assert (loss[ignored] == 0).all() and (fused[ignored] == 0).all() and (grad[ignored] == 0).all()
+
+
+@pytest.mark.parametrize("rows,classes,dtype", [(9, 1000, torch.bfloat16), (2, 30522, torch.float16)])
+def test_softmax_cross_entropy_has_no_race(emu, rows, classes, dtype):
+    torch.manual_seed(classes)
+    logits, labels = cross_entropy_inputs(rows, classes, dtype, 1)
+
+    def run():
+        fused = logits.clone()
+        loss, lse, _ = emu.cross_entropy(2, fused, labels, label_smoothing=0.1, grad_out=fused)
+        return loss, lse, fused
+
+    assert_schedule_independent(emu, "softmax_cross_entropy", run)
