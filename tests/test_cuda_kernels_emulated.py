@@ -238,3 +238,129 @@ def test_softmax_cross_entropy_has_no_race(emu, rows, classes, dtype):
         return loss, lse, fused
 
     assert_schedule_independent(emu, "softmax_cross_entropy", run)
+
+
+# ---------------------------------------------------------------------------------------------
+# attention (fp16 / bf16 only on CUDA)
+
+def attention_reference(inputs, grad_out, **kwargs):
+    """reference.attention (or attention_varlen with cu_seqlens) and the gradients of q, k, v
+    and the bias, evaluated in the inputs' dtype."""
+    q, k, v, bias = inputs
+    cu = kwargs.pop("cu_seqlens", None)
+    max_seqlen = kwargs.pop("max_seqlen", None)
+
+    def fn(q_, k_, v_, bias_):
+        if cu is not None:
+            return reference.attention_varlen(q_, k_, v_, cu, max_seqlen, **kwargs)
+        return reference.attention(q_, k_, v_, attn_bias=bias_, **kwargs)
+
+    return grads_of(fn, [q, k, v, bias], grad_out)
+
+
+def check_lse(lse, q, k, scale, mask, bias, cu_seqlens=None):
+    """lse (heads, total_q) against the float64 log-sum-exp of the scaled, biased, masked scores;
+    +inf exactly where a query has no key to attend."""
+    if cu_seqlens is not None:
+        rows = []
+        bounds = cu_seqlens.tolist()
+        for s, e in zip(bounds[:-1], bounds[1:]):
+            scores = torch.einsum("ihd,jhd->hij", q[s:e].double(), k[s:e].double()) * scale
+            rows.append(torch.logsumexp(scores, dim=-1))
+        ref = torch.cat(rows, dim=1)
+    else:
+        scores = torch.einsum("bihd,bjhd->bhij", q.double(), k.double()) * scale
+        if bias is not None:
+            scores = scores + bias.double()
+        if mask is not None:
+            scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
+        ref = torch.logsumexp(scores, dim=-1).permute(1, 0, 2).reshape(q.shape[2], -1)
+    ref = torch.where(torch.isinf(ref), float("inf"), ref)  # no key: the kernels store +inf
+    finite = torch.isfinite(ref)
+    assert torch.equal(torch.isinf(lse), ~finite), "lse: +inf rows differ from the rows with no attendable key"
+    err = (lse.double() - ref)[finite].abs().max().item() if finite.any() else 0.0
+    assert err <= 1e-4 * max(1.0, ref[finite].abs().max().item()), f"lse: max error {err:.3e}"
+
+
+def check_attention_results(got, ref64, ref_lp, dtype):
+    (out, grads), (out64, g64), (out_lp, glp) = got, ref64, ref_lp
+    assert_lowp_close("out", out, out64, out_lp, dtype)
+    for name, g, r64, rlp in zip(("grad_q", "grad_k", "grad_v", "grad_bias"), grads, g64, glp):
+        if r64 is not None:
+            assert_lowp_close(name, g, r64, rlp, dtype)
+
+
+ATTENTION_CASES = [  # batch, seq_q, seq_k, dim, dtype, key mask, bias, dropout p
+    (1, 1, 1, 32, torch.bfloat16, None, None, 0.0),
+    (2, 7, 7, 64, torch.float16, "padding", None, 0.0),
+    (2, 70, 70, 32, torch.bfloat16, "padding", "float32-broadcast", 0.0),
+    (1, 129, 129, 64, torch.float16, None, None, 0.1),
+    (2, 70, 33, 64, torch.bfloat16, "one-empty", "same-dtype", 0.2),
+    (1, 7, 129, 32, torch.float16, "padding", "same-dtype", 0.1),
+]
+
+
+@pytest.mark.parametrize("batch,seq_q,seq_k,dim,dtype,mask_kind,bias_kind,p", ATTENTION_CASES)
+def test_attention_padded(emu, batch, seq_q, seq_k, dim, dtype, mask_kind, bias_kind, p):
+    torch.manual_seed(seq_q * 1000 + seq_k + dim)
+    heads, scale = 2, dim**-0.5
+    q = torch.randn(batch, seq_q, heads, dim).to(dtype)
+    k, v = (torch.randn(batch, seq_k, heads, dim).to(dtype) for _ in range(2))
+    grad_out = torch.randn(batch, seq_q, heads, dim).to(dtype)
+    mask = None
+    if mask_kind is not None:
+        lengths = torch.randint(1, seq_k + 1, (batch,))
+        lengths[0] = seq_k
+        mask = torch.arange(seq_k)[None, :] < lengths[:, None]
+        if mask_kind == "one-empty":
+            mask[-1] = False
+    bias = None
+    if bias_kind == "float32-broadcast":  # one (heads, seq_q, seq_k) bias for every sequence: batch stride 0
+        bias = torch.randn(1, heads, seq_q, seq_k).expand(batch, -1, -1, -1)
+    elif bias_kind == "same-dtype":
+        bias = torch.randn(batch, heads, seq_q, seq_k).to(dtype)
+    seed = 777 + seq_q
+    keep = reference.dropout_keep_mask(seed, (batch, heads, seq_q, seq_k), p) if p > 0 else None
+
+    out, lse = emu.attention_fwd(q, k, v, key_mask=mask, bias=bias, scale=scale, seed=seed, p=p)
+    grads = emu.attention_bwd(grad_out, q, k, v, out, lse, key_mask=mask, bias=bias, want_grad_bias=bias is not None,
+                              scale=scale, seed=seed, p=p)
+    check_lse(lse, q, k, scale, mask, bias)
+
+    kwargs = dict(key_padding_mask=mask, dropout_p=p, scale=scale, keep_mask=keep)
+    full_bias = None if bias is None else bias.contiguous()
+    ref64 = attention_reference([t.double() if t is not None else None for t in (q, k, v, full_bias)],
+                                grad_out.double(), **kwargs)
+    ref_lp = attention_reference([q, k, v, full_bias], grad_out, **kwargs)
+    check_attention_results((out, grads), ref64, ref_lp, dtype)
+    if mask_kind == "one-empty":  # a sequence with no key to attend: zero output and gradients
+        assert out[-1].abs().max().item() == 0 and grads[0][-1].abs().max().item() == 0
+        assert grads[1][-1].abs().max().item() == 0 and grads[2][-1].abs().max().item() == 0
+
+
+VARLEN_CASES = [  # sequence lengths, max_seqlen (0: the longest), dim, dtype, dropout p
+    ([7, 1, 70], 0, 64, torch.bfloat16, 0.0),
+    ([5, 0, 66], 80, 32, torch.float16, 0.2),
+]
+
+
+@pytest.mark.parametrize("lengths,max_seqlen,dim,dtype,p", VARLEN_CASES)
+def test_attention_varlen(emu, lengths, max_seqlen, dim, dtype, p):
+    torch.manual_seed(sum(lengths) + dim)
+    heads, scale = 2, dim**-0.5
+    max_seqlen = max_seqlen or max(lengths)
+    cu_seqlens = torch.tensor([0] + lengths, dtype=torch.int32).cumsum(0).to(torch.int32)
+    total = int(cu_seqlens[-1])
+    q, k, v, grad_out = (torch.randn(total, heads, dim).to(dtype) for _ in range(4))
+    seed = 4242
+    keep = reference.dropout_keep_mask(seed, (len(lengths), heads, max_seqlen, max_seqlen), p) if p > 0 else None
+
+    common = dict(cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, scale=scale, seed=seed, p=p)
+    out, lse = emu.attention_fwd(q, k, v, **common)
+    grads = emu.attention_bwd(grad_out, q, k, v, out, lse, **common)
+    check_lse(lse, q, k, scale, None, None, cu_seqlens)
+
+    kwargs = dict(cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, dropout_p=p, scale=scale, keep_mask=keep)
+    ref64 = attention_reference([q.double(), k.double(), v.double(), None], grad_out.double(), **kwargs)
+    ref_lp = attention_reference([q, k, v, None], grad_out, **kwargs)
+    check_attention_results((out, grads), ref64, ref_lp, dtype)
