@@ -297,6 +297,10 @@ ATTENTION_CASES = [  # batch, seq_q, seq_k, dim, dtype, key mask, bias, dropout 
     (1, 129, 129, 64, torch.float16, None, None, 0.1),
     (2, 70, 33, 64, torch.bfloat16, "one-empty", "same-dtype", 0.2),
     (1, 7, 129, 32, torch.float16, "padding", "same-dtype", 0.1),
+    (2, 33, 70, 8, torch.float16, "padding", "float32-broadcast", 0.0),
+    (1, 70, 70, 40, torch.bfloat16, None, "same-dtype", 0.0),
+    (1, 65, 65, 72, torch.float16, "padding", None, 0.2),
+    (1, 100, 100, 128, torch.bfloat16, "padding", "float32-broadcast", 0.1),
 ]
 
 
@@ -364,3 +368,58 @@ def test_attention_varlen(emu, lengths, max_seqlen, dim, dtype, p):
     ref64 = attention_reference([q.double(), k.double(), v.double(), None], grad_out.double(), **kwargs)
     ref_lp = attention_reference([q, k, v, None], grad_out, **kwargs)
     check_attention_results((out, grads), ref64, ref_lp, dtype)
+
+
+@pytest.mark.parametrize("varlen", [False, True])
+def test_attention_packed_qkv(emu, varlen):
+    """q, k, v as strided views of one (..., 3, heads, dim) projection output, as BERT makes them."""
+    torch.manual_seed(5 + varlen)
+    heads, dim, dtype, scale, p, seed = 2, 64, torch.bfloat16, 0.125, 0.1, 99
+    if varlen:
+        lengths, max_seqlen = [40, 3], 40
+        cu_seqlens = torch.tensor([0, 40, 43], dtype=torch.int32)
+        qkv = torch.randn(43, 3, heads, dim).to(dtype)
+        q, k, v = qkv.unbind(1)
+        keep_shape = (2, heads, max_seqlen, max_seqlen)
+        common = dict(cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
+        ref_kwargs = dict(cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
+        mask = None
+    else:
+        qkv = torch.randn(2, 40, 3, heads, dim).to(dtype)
+        q, k, v = qkv.unbind(2)
+        keep_shape = (2, heads, 40, 40)
+        mask = torch.ones(2, 40, dtype=torch.bool)
+        mask[1, 29:] = False
+        common = dict(key_mask=mask)
+        ref_kwargs = dict(key_padding_mask=mask)
+    assert q.stride(-3 if not varlen else 0) == 3 * heads * dim  # strided, not contiguous
+    grad_out = torch.randn(q.shape).to(dtype)
+    keep = reference.dropout_keep_mask(seed, keep_shape, p)
+    out, lse = emu.attention_fwd(q, k, v, scale=scale, seed=seed, p=p, **common)
+    grads = emu.attention_bwd(grad_out, q, k, v, out, lse, scale=scale, seed=seed, p=p, **common)
+    ref_kwargs.update(dropout_p=p, scale=scale, keep_mask=keep)
+    ref64 = attention_reference([q.double(), k.double(), v.double(), None], grad_out.double(), **ref_kwargs)
+    ref_lp = attention_reference([q, k, v, None], grad_out, **ref_kwargs)
+    check_attention_results((out, grads), ref64, ref_lp, dtype)
+
+
+@pytest.mark.parametrize("varlen", [False, True])
+def test_attention_has_no_race(emu, varlen):
+    torch.manual_seed(17)
+    heads, dim, dtype = 2, 32, torch.float16
+    if varlen:
+        cu_seqlens = torch.tensor([0, 70, 75], dtype=torch.int32)
+        q, k, v, grad_out = (torch.randn(75, heads, dim).to(dtype) for _ in range(4))
+        common = dict(cu_seqlens=cu_seqlens, max_seqlen=70)
+    else:
+        q, k, v, grad_out = (torch.randn(2, 70, heads, dim).to(dtype) for _ in range(4))
+        mask = torch.ones(2, 70, dtype=torch.bool)
+        mask[1, 50:] = False
+        common = dict(key_mask=mask, bias=torch.randn(2, heads, 70, 70), want_grad_bias=True)
+
+    def run():
+        fwd_common = {key: val for key, val in common.items() if key != "want_grad_bias"}
+        out, lse = emu.attention_fwd(q, k, v, scale=0.2, seed=3, p=0.1, **fwd_common)
+        return (out, lse, *emu.attention_bwd(grad_out, q, k, v, out, lse, scale=0.2, seed=3, p=0.1, **common))
+
+    assert_schedule_independent(emu, "attention", run)

@@ -24,6 +24,12 @@ CSRC = os.path.join(ROOT, "csrc")
 _EXTERN_SHARED = re.compile(r"extern\s+__shared__\s+(?:__align__\(\s*\d+\s*\)\s+)?([\w\s]+?)\s+(\w+)\s*\[\s*\]\s*;")
 
 
+# UBSan checks what a GPU would fault on or get wrong: a 16-byte load from an address that is
+# not 16-byte aligned ("misaligned address" on the device), out-of-bounds indexing of fixed
+# arrays, overflowing shifts and signed arithmetic. Reports go to a file (EmulatedKernels).
+SANITIZE = ["-fsanitize=undefined", "-fno-sanitize=vptr"]
+
+
 def _kernel_start(text, end):
     """Start of the kernel expression that ends just before `end` (`name<targs>` or `name`)."""
     i = end
@@ -120,7 +126,7 @@ def build_library(cache_root=None, compiler="g++"):
         with open(dst, "w") as f:
             f.write(rewrite_cuda_source(text) if path.endswith((".cu", ".cuh")) else text)
     flags = ["-std=c++20", "-O1", "-g0", "-fPIC", "-DBERTFAST_CUDA_EMU", "-DBERTFAST_WITH_CUDA", f"-I{include}",
-             f"-I{HERE}", f"-I{src}", "-include", "cuda_emu.h", "-Wno-attributes"]
+             f"-I{HERE}", f"-I{src}", "-include", "cuda_emu.h", "-Wno-attributes", *SANITIZE]
     units = [os.path.join(src, os.path.relpath(k, CSRC)) for k in kernels] + [os.path.join(HERE, "emu_shim.cpp")]
 
     def compile_unit(unit):
@@ -135,7 +141,8 @@ def build_library(cache_root=None, compiler="g++"):
         objects = list(pool.map(compile_unit, units))
     # -Bsymbolic: the cudaGetLastError etc. defined here win over a libcudart torch may have loaded
     tmp_lib = os.path.join(work, "lib.so")
-    r = subprocess.run([compiler, "-shared", "-Wl,-Bsymbolic", "-o", tmp_lib, *objects], capture_output=True, text=True)
+    r = subprocess.run([compiler, "-shared", "-Wl,-Bsymbolic", *SANITIZE, "-o", tmp_lib, *objects], capture_output=True,
+                       text=True)
     if r.returncode != 0:
         raise RuntimeError(f"linking the emulation library failed:\n{r.stderr[-6000:]}")
     os.makedirs(folder, exist_ok=True)

@@ -20,6 +20,9 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <sys/mman.h>
 #include <ucontext.h>
 
 #include <cmath>
@@ -59,7 +62,7 @@ struct Fiber {
 
 constexpr int kMaxThreads = 1024;
 constexpr int kMaxWarps = kMaxThreads / 32;
-constexpr size_t kStackBytes = 64 * 1024;
+constexpr size_t kStackBytes = 256 * 1024;  // UBSan's reports need more than the kernels
 constexpr size_t kDefaultSmemLimit = 48 * 1024;
 constexpr size_t kOptInSmemLimit = 163 * 1024;  // sm_80, the smallest of the targets
 
@@ -104,8 +107,10 @@ inline void fiber_main() {
   g_current->state = State::kDone;  // uc_link returns to the scheduler
 }
 
-inline std::vector<char>& stacks() {
-  static std::vector<char> s;
+// Stacks of all fibers of a block; reserved once, pages are committed only as they are used.
+inline char* stacks() {
+  static char* s = static_cast<char*>(mmap(nullptr, kMaxThreads * kStackBytes, PROT_READ | PROT_WRITE,
+                                           MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0));
   return s;
 }
 
@@ -152,7 +157,7 @@ inline bool run_warp(std::vector<Fiber>& fibers, int w) {
 // between warps a GPU may show), in warp order or, with g_reverse_schedule, the reverse.
 inline bool run_block(std::vector<Fiber>& fibers) {
   const int n = static_cast<int>(fibers.size()), warps = (n + 31) / 32;
-  char* stack = stacks().data();
+  char* stack = stacks();
   for (int i = 0; i < n; ++i) {
     Fiber& f = fibers[i];
     f.linear = i;
@@ -211,6 +216,33 @@ inline void launch_failed(cudaError_t err, const std::string& why) {
   g_last_error = err;
 }
 
+// A fault in a kernel (a misaligned vector access, for which g++ emits an aligned SSE load just
+// as the GPU faults, or a bad address) ends the launch with cudaErrorIllegalAddress instead of
+// the process: SIGSEGV / SIGBUS jump back to the launch.
+inline sigjmp_buf g_fault_jump;
+inline void* g_fault_address = nullptr;
+
+inline void on_fault(int, siginfo_t* info, void*) {
+  g_fault_address = info->si_addr;
+  siglongjmp(g_fault_jump, 1);
+}
+
+struct FaultGuard {
+  struct sigaction old_segv, old_bus;
+  FaultGuard() {
+    struct sigaction sa = {};
+    sa.sa_sigaction = on_fault;
+    sa.sa_flags = SA_SIGINFO | SA_NODEFER;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGSEGV, &sa, &old_segv);
+    sigaction(SIGBUS, &sa, &old_bus);
+  }
+  ~FaultGuard() {
+    sigaction(SIGSEGV, &old_segv, nullptr);
+    sigaction(SIGBUS, &old_bus, nullptr);
+  }
+};
+
 // kernel<<<grid, block, smem, stream>>>(args) becomes launch(kernel_id(kernel), [&] { kernel(args); }, grid, ...).
 template <typename F>
 void launch(const void* kernel, F&& body, dim3 grid, dim3 block, size_t smem = 0, cudaStream_t = nullptr) {
@@ -229,12 +261,20 @@ void launch(const void* kernel, F&& body, dim3 grid, dim3 block, size_t smem = 0
     return;
   }
   if (!g_error.empty()) return;  // an earlier launch failed: later kernels would read garbage
-  stacks().resize(static_cast<size_t>(kMaxThreads) * kStackBytes);
   std::vector<Fiber> fibers(threads);
   g_block_dim = block;
   g_grid_dim = grid;
   g_body = &call_body<std::remove_reference_t<F>>;
   g_body_arg = &body;
+  FaultGuard guard;
+  if (sigsetjmp(g_fault_jump, 1) != 0) {
+    char where[64];
+    std::snprintf(where, sizeof(where), "%p", g_fault_address);
+    launch_failed(cudaErrorIllegalAddress, "illegal memory access (fault at " + std::string(where) + ") in " +
+                                               block_name() + ", thread " + std::to_string(g_current->linear) +
+                                               " (a misaligned vector load or an address out of bounds)");
+    return;
+  }
   for (unsigned z = 0; z < grid.z; ++z)
     for (unsigned y = 0; y < grid.y; ++y)
       for (unsigned x = 0; x < grid.x; ++x) {

@@ -95,7 +95,12 @@ bertfast::AttentionProblem problem_of(const int64_t* dims, const int32_t* cu_seq
 
 }  // namespace
 
+
 extern "C" {
+
+// UBSan writes its reports to path.<pid> instead of stderr.
+void emu_set_report_path(const char* path) {
+}
 
 const char* emu_error_message() { return emu::g_error.c_str(); }
 

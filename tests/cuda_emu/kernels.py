@@ -6,6 +6,8 @@ kernel forgets shows up; buffers the glue zero-fills (attention gradients) start
 """
 import ctypes
 import math
+import os
+import tempfile
 
 import torch
 
@@ -61,14 +63,29 @@ class EmulatedKernels:
             fn.argtypes, fn.restype = args, ret
         self.configure()
 
+
     def configure(self, sm_count=2, reverse_schedule=False):
         """sm_count sizes the grids that depend on it; reverse_schedule runs the threads of a
         block in reverse order between barriers (a race shows up as a different result)."""
         self.lib.emu_configure(sm_count, int(reverse_schedule))
 
-    def _check(self, rc, what):
+    def _run(self, what, fn, *args):
+        """fn(*args) with the process's stderr captured: UBSan reports land there (a misaligned
+        vector load, which faults on a GPU, an out-of-bounds index of a fixed array, ...)."""
+        with tempfile.TemporaryFile() as captured:
+            saved = os.dup(2)
+            os.dup2(captured.fileno(), 2)
+            try:
+                rc = fn(*args)
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+            captured.seek(0)
+            report = captured.read().decode(errors="replace")
         if rc != 0:
-            raise EmulationError(f"{what}: error {rc}: {self.lib.emu_error_message().decode()}")
+            raise EmulationError(f"{what}: error {rc}: {self.lib.emu_error_message().decode()}\n{report[-4000:]}")
+        if "runtime error" in report:
+            raise EmulationError(f"{what}: undefined behaviour:\n{report[-4000:]}")
 
     # ---- add_layer_norm ----
     def add_layer_norm_fwd(self, x, residual, weight, bias, x_bias, eps, seed=None, p=0.0, aligned=None):
@@ -79,11 +96,11 @@ class EmulatedKernels:
         if aligned is None:
             aligned = vector_path_ok([x, residual, weight, bias, x_bias, out], hidden, x.dtype)
         seed_t = torch.tensor([seed], dtype=torch.int64) if p > 0 else None
-        rc = self.lib.emu_add_layer_norm_fwd(
+        self._run(
+            "add_layer_norm forward", self.lib.emu_add_layer_norm_fwd,
             _ptr(x), _ptr(residual), _ptr(weight), _ptr(bias), _ptr(x_bias), _ptr(out), _ptr(mean), _ptr(rstd), rows,
             hidden, eps, _ptr(seed_t), dropout_threshold(p) if p > 0 else 0, dropout_scale(p),
             DTYPE_CODE[x.dtype], DTYPE_CODE[weight.dtype], int(aligned))
-        self._check(rc, "add_layer_norm forward")
         return out, mean, rstd
 
     def add_layer_norm_bwd(self, grad_out, x, residual, weight, x_bias, mean, rstd, seed=None, p=0.0,
@@ -99,12 +116,12 @@ class EmulatedKernels:
         partials = torch.full((self.lib.emu_add_layer_norm_num_partials(rows, hidden, act, int(aligned)), 3, hidden),
                               math.nan)
         seed_t = torch.tensor([seed], dtype=torch.int64) if p > 0 else None
-        rc = self.lib.emu_add_layer_norm_bwd(
+        self._run(
+            "add_layer_norm backward", self.lib.emu_add_layer_norm_bwd,
             _ptr(grad_out), _ptr(x), _ptr(residual), _ptr(x_bias), _ptr(mean), _ptr(rstd), _ptr(weight),
             _ptr(grad_residual), _ptr(grad_x), _ptr(grad_weight), _ptr(grad_bias), _ptr(grad_x_bias), _ptr(partials),
             rows, hidden, _ptr(seed_t), dropout_threshold(p) if p > 0 else 0, dropout_scale(p), act,
             DTYPE_CODE[weight.dtype], int(aligned))
-        self._check(rc, "add_layer_norm backward")
         return grad_residual, grad_x, grad_weight, grad_bias, grad_x_bias
 
     # ---- softmax_cross_entropy ----
@@ -118,10 +135,9 @@ class EmulatedKernels:
             lse = torch.full((rows,), math.nan)
         if mode != 0 and grad_out is None:
             grad_out = torch.full_like(logits, math.nan)
-        rc = self.lib.emu_cross_entropy(mode, _ptr(logits), _ptr(labels), _ptr(loss), _ptr(lse), _ptr(grad_loss),
-                                        _ptr(grad_out), rows, classes, ignore_index, label_smoothing,
-                                        DTYPE_CODE[logits.dtype])
-        self._check(rc, f"cross_entropy mode {mode}")
+        self._run(f"cross_entropy mode {mode}", self.lib.emu_cross_entropy, mode, _ptr(logits), _ptr(labels),
+                  _ptr(loss), _ptr(lse), _ptr(grad_loss), _ptr(grad_out), rows, classes, ignore_index,
+                  label_smoothing, DTYPE_CODE[logits.dtype])
         return loss, lse, grad_out
 
     # ---- attention ----
@@ -151,10 +167,9 @@ class EmulatedKernels:
         tensors = (ctypes.c_void_p * 4)(*[_ptr(t) for t in (q, k, v, out)])
         strides = _i64_array(sum((self._strides(t) for t in (q, k, v, out)), []))
         seed_t = torch.tensor([seed], dtype=torch.int64) if p > 0 else None
-        rc = self.lib.emu_attention_fwd(tensors, strides, _ptr(lse), dims, _ptr(cu_seqlens), _ptr(key_mask),
-                                        _ptr(bias), bias_code, bias_strides, scale, _ptr(seed_t),
-                                        dropout_threshold(p) if p > 0 else 0, dropout_scale(p), DTYPE_CODE[q.dtype])
-        self._check(rc, "attention forward")
+        self._run("attention forward", self.lib.emu_attention_fwd, tensors, strides, _ptr(lse), dims,
+                  _ptr(cu_seqlens), _ptr(key_mask), _ptr(bias), bias_code, bias_strides, scale, _ptr(seed_t),
+                  dropout_threshold(p) if p > 0 else 0, dropout_scale(p), DTYPE_CODE[q.dtype])
         return out, lse
 
     def attention_bwd(self, grad_out, q, k, v, out, lse, *, cu_seqlens=None, max_seqlen=0, key_mask=None, bias=None,
@@ -168,9 +183,7 @@ class EmulatedKernels:
         tensors = (ctypes.c_void_p * 8)(*[_ptr(t) for t in views])
         strides = _i64_array(sum((self._strides(t) for t in views), []))
         seed_t = torch.tensor([seed], dtype=torch.int64) if p > 0 else None
-        rc = self.lib.emu_attention_bwd(tensors, strides, _ptr(lse), _ptr(grad_bias), _ptr(workspace), dims,
-                                        _ptr(cu_seqlens), _ptr(key_mask), _ptr(bias), bias_code, bias_strides, scale,
-                                        _ptr(seed_t), dropout_threshold(p) if p > 0 else 0, dropout_scale(p),
-                                        DTYPE_CODE[q.dtype])
-        self._check(rc, "attention backward")
+        self._run("attention backward", self.lib.emu_attention_bwd, tensors, strides, _ptr(lse), _ptr(grad_bias),
+                  _ptr(workspace), dims, _ptr(cu_seqlens), _ptr(key_mask), _ptr(bias), bias_code, bias_strides,
+                  scale, _ptr(seed_t), dropout_threshold(p) if p > 0 else 0, dropout_scale(p), DTYPE_CODE[q.dtype])
         return grad_q, grad_k, grad_v, grad_bias
