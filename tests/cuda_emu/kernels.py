@@ -32,6 +32,33 @@ class EmulationError(RuntimeError):
     pass
 
 
+# Elements on each side of an output: room for a whole tile of 64 rows overshooting (a multiple
+# of 8, so that a view is 16-byte aligned like its buffer).
+_GUARD = 1 << 15
+
+
+class _Outputs:
+    """Output tensors inside larger buffers whose margins hold a sentinel: a kernel that writes
+    out of bounds (before or after its output) changes them."""
+
+    def __init__(self):
+        self._guarded = []
+
+    def full(self, shape, value, dtype=torch.float32):
+        n = math.prod(shape)
+        buffer = torch.full((n + 2 * _GUARD,), 7.0, dtype=dtype)
+        view = buffer[_GUARD : _GUARD + n].view(shape)
+        view.fill_(value)
+        self._guarded.append(buffer)
+        return view
+
+    def check(self, what):
+        for buffer in self._guarded:
+            if not ((buffer[:_GUARD] == 7.0).all() and (buffer[-_GUARD:] == 7.0).all()):
+                raise EmulationError(f"{what}: a kernel wrote outside an output tensor of {buffer.numel() - 2 * _GUARD} "
+                                     "elements")
+
+
 def _ptr(t):
     return None if t is None else t.data_ptr()
 
@@ -69,7 +96,7 @@ class EmulatedKernels:
         block in reverse order between barriers (a race shows up as a different result)."""
         self.lib.emu_configure(sm_count, int(reverse_schedule))
 
-    def _run(self, what, fn, *args):
+    def _run(self, what, outputs, fn, *args):
         """fn(*args) with the process's stderr captured: UBSan reports land there (a misaligned
         vector load, which faults on a GPU, an out-of-bounds index of a fixed array, ...)."""
         with tempfile.TemporaryFile() as captured:
@@ -86,18 +113,19 @@ class EmulatedKernels:
             raise EmulationError(f"{what}: error {rc}: {self.lib.emu_error_message().decode()}\n{report[-4000:]}")
         if "runtime error" in report:
             raise EmulationError(f"{what}: undefined behaviour:\n{report[-4000:]}")
+        outputs.check(what)
 
     # ---- add_layer_norm ----
     def add_layer_norm_fwd(self, x, residual, weight, bias, x_bias, eps, seed=None, p=0.0, aligned=None):
         rows, hidden = x.shape
-        out = torch.full_like(x, math.nan)
-        mean = torch.full((rows,), math.nan)
-        rstd = torch.full((rows,), math.nan)
+        outs = _Outputs()
+        out = outs.full(x.shape, math.nan, x.dtype)
+        mean, rstd = outs.full((rows,), math.nan), outs.full((rows,), math.nan)
         if aligned is None:
             aligned = vector_path_ok([x, residual, weight, bias, x_bias, out], hidden, x.dtype)
         seed_t = torch.tensor([seed], dtype=torch.int64) if p > 0 else None
         self._run(
-            "add_layer_norm forward", self.lib.emu_add_layer_norm_fwd,
+            "add_layer_norm forward", outs, self.lib.emu_add_layer_norm_fwd,
             _ptr(x), _ptr(residual), _ptr(weight), _ptr(bias), _ptr(x_bias), _ptr(out), _ptr(mean), _ptr(rstd), rows,
             hidden, eps, _ptr(seed_t), dropout_threshold(p) if p > 0 else 0, dropout_scale(p),
             DTYPE_CODE[x.dtype], DTYPE_CODE[weight.dtype], int(aligned))
@@ -106,18 +134,19 @@ class EmulatedKernels:
     def add_layer_norm_bwd(self, grad_out, x, residual, weight, x_bias, mean, rstd, seed=None, p=0.0,
                            want_grad_x_bias=False, aligned=None):
         rows, hidden = x.shape
-        grad_residual = torch.full_like(x, math.nan)
-        grad_x = torch.full_like(x, math.nan) if p > 0 else None
-        grad_weight, grad_bias = torch.full_like(weight, math.nan), torch.full_like(weight, math.nan)
-        grad_x_bias = torch.full_like(weight, math.nan) if want_grad_x_bias else None
+        outs = _Outputs()
+        grad_residual = outs.full(x.shape, math.nan, x.dtype)
+        grad_x = outs.full(x.shape, math.nan, x.dtype) if p > 0 else None
+        grad_weight, grad_bias = (outs.full(weight.shape, math.nan, weight.dtype) for _ in range(2))
+        grad_x_bias = outs.full(weight.shape, math.nan, weight.dtype) if want_grad_x_bias else None
         if aligned is None:
             aligned = vector_path_ok([grad_out, x, residual, x_bias, weight, grad_residual, grad_x], hidden, x.dtype)
         act = DTYPE_CODE[x.dtype]
-        partials = torch.full((self.lib.emu_add_layer_norm_num_partials(rows, hidden, act, int(aligned)), 3, hidden),
-                              math.nan)
+        partials = outs.full((self.lib.emu_add_layer_norm_num_partials(rows, hidden, act, int(aligned)), 3, hidden),
+                             math.nan)
         seed_t = torch.tensor([seed], dtype=torch.int64) if p > 0 else None
         self._run(
-            "add_layer_norm backward", self.lib.emu_add_layer_norm_bwd,
+            "add_layer_norm backward", outs, self.lib.emu_add_layer_norm_bwd,
             _ptr(grad_out), _ptr(x), _ptr(residual), _ptr(x_bias), _ptr(mean), _ptr(rstd), _ptr(weight),
             _ptr(grad_residual), _ptr(grad_x), _ptr(grad_weight), _ptr(grad_bias), _ptr(grad_x_bias), _ptr(partials),
             rows, hidden, _ptr(seed_t), dropout_threshold(p) if p > 0 else 0, dropout_scale(p), act,
@@ -130,12 +159,13 @@ class EmulatedKernels:
         """mode 0: (loss, lse); 1: grad from lse and grad_loss (into grad_out if given, e.g. the
         logits themselves); 2: (loss, lse, grad) with the gradient written into grad_out."""
         rows, classes = logits.shape
-        loss = torch.full((rows,), math.nan) if mode != 1 else None
+        outs = _Outputs()
+        loss = outs.full((rows,), math.nan) if mode != 1 else None
         if mode != 1:
-            lse = torch.full((rows,), math.nan)
+            lse = outs.full((rows,), math.nan)
         if mode != 0 and grad_out is None:
-            grad_out = torch.full_like(logits, math.nan)
-        self._run(f"cross_entropy mode {mode}", self.lib.emu_cross_entropy, mode, _ptr(logits), _ptr(labels),
+            grad_out = outs.full(logits.shape, math.nan, logits.dtype)
+        self._run(f"cross_entropy mode {mode}", outs, self.lib.emu_cross_entropy, mode, _ptr(logits), _ptr(labels),
                   _ptr(loss), _ptr(lse), _ptr(grad_loss), _ptr(grad_out), rows, classes, ignore_index,
                   label_smoothing, DTYPE_CODE[logits.dtype])
         return loss, lse, grad_out
@@ -162,12 +192,13 @@ class EmulatedKernels:
                       p=0.0):
         dims, bias_strides, bias_code, (_, heads, _, _, total_q) = self._problem(q, k, cu_seqlens, max_seqlen,
                                                                                  key_mask, bias)
-        out = torch.full_like(q, math.nan)
-        lse = torch.full((heads, total_q), math.nan)
+        outs = _Outputs()
+        out = outs.full(q.shape, math.nan, q.dtype)
+        lse = outs.full((heads, total_q), math.nan)
         tensors = (ctypes.c_void_p * 4)(*[_ptr(t) for t in (q, k, v, out)])
         strides = _i64_array(sum((self._strides(t) for t in (q, k, v, out)), []))
         seed_t = torch.tensor([seed], dtype=torch.int64) if p > 0 else None
-        self._run("attention forward", self.lib.emu_attention_fwd, tensors, strides, _ptr(lse), dims,
+        self._run("attention forward", outs, self.lib.emu_attention_fwd, tensors, strides, _ptr(lse), dims,
                   _ptr(cu_seqlens), _ptr(key_mask), _ptr(bias), bias_code, bias_strides, scale, _ptr(seed_t),
                   dropout_threshold(p) if p > 0 else 0, dropout_scale(p), DTYPE_CODE[q.dtype])
         return out, lse
@@ -176,14 +207,15 @@ class EmulatedKernels:
                       want_grad_bias=False, scale, seed=None, p=0.0):
         dims, bias_strides, bias_code, (batch, heads, seq_q, seq_k, total_q) = self._problem(
             q, k, cu_seqlens, max_seqlen, key_mask, bias)
-        grad_q, grad_k, grad_v = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
-        grad_bias = torch.zeros(batch, heads, seq_q, seq_k) if want_grad_bias else None
-        workspace = torch.full((self.lib.emu_attention_bwd_workspace_bytes(heads, total_q) // 4,), math.nan)
+        outs = _Outputs()  # the glue zero-fills the gradients (masked keys keep 0)
+        grad_q, grad_k, grad_v = (outs.full(t.shape, 0.0, t.dtype) for t in (q, k, v))
+        grad_bias = outs.full((batch, heads, seq_q, seq_k), 0.0) if want_grad_bias else None
+        workspace = outs.full((self.lib.emu_attention_bwd_workspace_bytes(heads, total_q) // 4,), math.nan)
         views = (q, k, v, out, grad_out, grad_q, grad_k, grad_v)
         tensors = (ctypes.c_void_p * 8)(*[_ptr(t) for t in views])
         strides = _i64_array(sum((self._strides(t) for t in views), []))
         seed_t = torch.tensor([seed], dtype=torch.int64) if p > 0 else None
-        self._run("attention backward", self.lib.emu_attention_bwd, tensors, strides, _ptr(lse), _ptr(grad_bias),
+        self._run("attention backward", outs, self.lib.emu_attention_bwd, tensors, strides, _ptr(lse), _ptr(grad_bias),
                   _ptr(workspace), dims, _ptr(cu_seqlens), _ptr(key_mask), _ptr(bias), bias_code, bias_strides,
                   scale, _ptr(seed_t), dropout_threshold(p) if p > 0 else 0, dropout_scale(p), DTYPE_CODE[q.dtype])
         return grad_q, grad_k, grad_v, grad_bias
