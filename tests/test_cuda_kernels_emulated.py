@@ -14,7 +14,7 @@ import torch
 
 from bertfast import reference
 from cuda_emu import build
-from cuda_emu.kernels import EmulatedKernels
+from cuda_emu.kernels import EmulatedKernels, EmulationError
 from helpers import FLOOR, assert_lowp_close
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None or build.cuda_include_dir() is None,
@@ -63,6 +63,9 @@ LN_CASES = [  # rows, hidden, act dtype, param dtype, x_bias, dropout p, force t
     (1, 4096, torch.bfloat16, torch.bfloat16, True, 0.3, True),
     (3, 8192, torch.float32, torch.float32, True, 0.1, False),
     (37, 7, torch.float32, torch.float32, False, 0.5, False),
+    (5, 1, torch.bfloat16, torch.float32, True, 0.1, False),
+    (2, 8192, torch.float16, torch.float16, True, 0.1, True),
+    (3, 4100, torch.bfloat16, torch.bfloat16, True, 0.0, False),
 ]
 
 
@@ -184,6 +187,7 @@ CE_CASES = [  # rows, classes, dtype, label smoothing, offset of the logits in t
     (3, 30522, torch.bfloat16, 0.1, 0),
     (2, 30522, torch.float16, 0.0, 1),
     (2, 30522, torch.float32, 0.1, 3),
+    (4, 1, torch.float16, 0.1, 1),
 ]
 
 
@@ -301,6 +305,8 @@ ATTENTION_CASES = [  # batch, seq_q, seq_k, dim, dtype, key mask, bias, dropout 
     (1, 70, 70, 40, torch.bfloat16, None, "same-dtype", 0.0),
     (1, 65, 65, 72, torch.float16, "padding", None, 0.2),
     (1, 100, 100, 128, torch.bfloat16, "padding", "float32-broadcast", 0.1),
+    (2, 70, 129, 64, torch.bfloat16, "first-tile-masked", "float32-broadcast", 0.1),
+    (1, 70, 70, 32, torch.float16, None, "causal-inf", 0.0),
 ]
 
 
@@ -318,11 +324,17 @@ def test_attention_padded(emu, batch, seq_q, seq_k, dim, dtype, mask_kind, bias_
         mask = torch.arange(seq_k)[None, :] < lengths[:, None]
         if mask_kind == "one-empty":
             mask[-1] = False
+        if mask_kind == "first-tile-masked":  # keys 0..63 never attended: the kernels skip that tile
+            mask = torch.rand(batch, seq_k) < 0.7
+            mask[:, :64] = False
     bias = None
     if bias_kind == "float32-broadcast":  # one (heads, seq_q, seq_k) bias for every sequence: batch stride 0
         bias = torch.randn(1, heads, seq_q, seq_k).expand(batch, -1, -1, -1)
     elif bias_kind == "same-dtype":
         bias = torch.randn(batch, heads, seq_q, seq_k).to(dtype)
+    elif bias_kind == "causal-inf":  # -inf scores through the bias, not the mask
+        bias = torch.zeros(batch, heads, seq_q, seq_k).masked_fill(
+            torch.ones(seq_q, seq_k, dtype=torch.bool).triu(1), float("-inf"))
     seed = 777 + seq_q
     keep = reference.dropout_keep_mask(seed, (batch, heads, seq_q, seq_k), p) if p > 0 else None
 
@@ -423,3 +435,37 @@ def test_attention_has_no_race(emu, varlen):
         return (out, lse, *emu.attention_bwd(grad_out, q, k, v, out, lse, scale=0.2, seed=3, p=0.1, **common))
 
     assert_schedule_independent(emu, "attention", run)
+
+
+def test_softmax_cross_entropy_minus_inf_logits(emu):
+    """A vocabulary masked with -inf logits: those classes get probability and gradient 0."""
+    torch.manual_seed(0)
+    logits, labels = cross_entropy_inputs(6, 1000, torch.bfloat16)
+    logits[:, 500:] = float("-inf")
+    logits[1] = float("-inf")
+    logits[1, 3] = 0.5
+    labels = labels.clamp(max=499).masked_fill(labels < 0, -100)
+    labels[1] = 3
+    loss64, lse64, grad64 = cross_entropy_reference(logits.double(), labels, 0.0, torch.ones(6).double())
+    fused = logits.clone()
+    loss, lse, _ = emu.cross_entropy(2, fused, labels, grad_out=fused)
+    check_close("loss", loss, loss64, None, torch.float32)
+    check_close("lse", lse, lse64, None, torch.float32)
+    assert_lowp_close("grad", fused, grad64, cross_entropy_reference(logits, labels, 0.0, torch.ones(6))[2],
+                      torch.bfloat16)
+
+
+def test_softmax_cross_entropy_bad_label_is_a_device_assert(emu):
+    logits, labels = cross_entropy_inputs(4, 9, torch.float32)
+    labels[2] = 9
+    with pytest.raises(EmulationError, match=r"device-side assert.*outside \[0, classes\)"):
+        emu.cross_entropy(0, logits, labels)
+
+
+def test_emulation_faults_on_a_misaligned_vector_load(emu):
+    """The harness itself: a 16-byte load off a 16-byte boundary fails the launch (as the GPU's
+    "misaligned address"), here the vector path forced on rows of 100 fp16 elements."""
+    x = torch.randn(3, 100).half()
+    w = torch.randn(100).half()
+    with pytest.raises(EmulationError, match="misaligned"):
+        emu.add_layer_norm_fwd(x, x, w, w, None, 1e-5, aligned=True)

@@ -221,6 +221,8 @@ inline void launch_failed(cudaError_t err, const std::string& why) {
 // the process: SIGSEGV / SIGBUS jump back to the launch.
 inline sigjmp_buf g_fault_jump;
 inline void* g_fault_address = nullptr;
+inline bool g_in_launch = false;
+inline std::string g_assert_message;  // a failed device-side assert (emu_shim.cpp's __assert_fail)
 
 inline void on_fault(int, siginfo_t* info, void*) {
   g_fault_address = info->si_addr;
@@ -267,7 +269,15 @@ void launch(const void* kernel, F&& body, dim3 grid, dim3 block, size_t smem = 0
   g_body = &call_body<std::remove_reference_t<F>>;
   g_body_arg = &body;
   FaultGuard guard;
-  if (sigsetjmp(g_fault_jump, 1) != 0) {
+  const int jumped = sigsetjmp(g_fault_jump, 1);
+  if (jumped == 2) {
+    g_in_launch = false;
+    launch_failed(cudaErrorAssert, "device-side assert triggered in " + block_name() + ", thread " +
+                                       std::to_string(g_current->linear) + ": " + g_assert_message);
+    return;
+  }
+  if (jumped != 0) {
+    g_in_launch = false;
     char where[64];
     std::snprintf(where, sizeof(where), "%p", g_fault_address);
     launch_failed(cudaErrorIllegalAddress, "illegal memory access (fault at " + std::string(where) + ") in " +
@@ -280,7 +290,10 @@ void launch(const void* kernel, F&& body, dim3 grid, dim3 block, size_t smem = 0
       for (unsigned x = 0; x < grid.x; ++x) {
         g_block_idx = make_uint3(x, y, z);
         g_dynamic_smem.assign(smem + 16, 0xFF);
-        if (!run_block(fibers)) {
+        g_in_launch = true;
+        const bool ok = run_block(fibers);
+        g_in_launch = false;
+        if (!ok) {
           g_last_error = cudaErrorLaunchFailure;
           return;
         }

@@ -35,6 +35,12 @@ cudaError_t cudaFuncSetAttribute(const void* func, enum cudaFuncAttribute attr, 
   emu::smem_opt_ins().push_back({func, value});
   return cudaSuccess;
 }
+// assert() in a kernel: a device-side assert ends the launch (cudaErrorAssert), not the process.
+void __assert_fail(const char* expression, const char* file, unsigned int line, const char*) noexcept {
+  if (!emu::g_in_launch) std::abort();
+  emu::g_assert_message = std::string(file) + ":" + std::to_string(line) + ": " + expression;
+  siglongjmp(emu::g_fault_jump, 2);
+}
 cudaError_t cudaDeviceGetAttribute(int* value, enum cudaDeviceAttr attr, int) {
   *value = attr == cudaDevAttrMultiProcessorCount ? emu::g_sm_count : 0;
   return cudaSuccess;
