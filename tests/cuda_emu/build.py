@@ -1,10 +1,11 @@
 """Builds bertfast's CUDA kernel sources for the CPU emulation of cuda_emu.h.
 
-The .cu files are copied into a cache folder with two textual rewrites (the kernel bodies stay
-as they are): `kernel<<<grid, block, smem, stream>>>(args);` becomes
-`bertfast_emu::launch(bertfast_emu::kernel_id(kernel), [&] { kernel(args); }, grid, block, smem, stream);`
-and `extern __shared__ [__align__(n)] T name[];` becomes a pointer to the launch's dynamic shared
-memory. They are compiled with g++ together with emu_shim.cpp (a C ABI for ctypes) into one
+The .cu files are copied into a cache folder with three textual rewrites (the kernel bodies
+stay as they are): `kernel<<<grid, block, smem, stream>>>(args);` becomes
+`bertfast_emu::launch(bertfast_emu::kernel_id(kernel), [&] { kernel(args); }, grid, block, smem, stream);`,
+`extern __shared__ [__align__(n)] T name[];` becomes a pointer to the launch's dynamic shared
+memory, and a kernel declared with `__launch_bounds__(max_threads, ...)` checks its block size
+first thing. They are compiled with g++ together with emu_shim.cpp (a C ABI for ctypes) into one
 shared library, cached under a hash of every input.
 """
 import glob
@@ -57,8 +58,29 @@ def _matching_paren(text, i):
     raise ValueError("unbalanced parentheses in a kernel launch")
 
 
+def _check_launch_bounds(text):
+    """Starts the body of each `__launch_bounds__(max_threads, ...)` kernel with a check that the
+    block has at most max_threads threads (a larger block fails to launch on a GPU)."""
+    out, pos = [], 0
+    while (at := text.find("__launch_bounds__(", pos)) >= 0:
+        args_start = at + len("__launch_bounds__")
+        args_end = _matching_paren(text, args_start)
+        depth, max_threads = 0, text[args_start + 1 : args_end - 1]
+        for i, c in enumerate(max_threads):  # the first top-level argument
+            depth += {"(": 1, ")": -1, "<": 1, ">": -1}.get(c, 0)
+            if c == "," and depth == 0:
+                max_threads = max_threads[:i]
+                break
+        body = text.index("{", args_end) + 1
+        out.append(text[pos:body] + f" bertfast_emu::check_launch_bounds({max_threads.strip()});")
+        pos = body
+    out.append(text[pos:])
+    return "".join(out)
+
+
 def rewrite_cuda_source(text):
-    """The two rewrites above; line numbers are kept (newlines inside a launch stay in it)."""
+    """The rewrites above; line numbers are kept (newlines inside a launch stay in it)."""
+    text = _check_launch_bounds(text)
     text = _EXTERN_SHARED.sub(
         lambda m: f"{m.group(1)}* const {m.group(2)} = static_cast<{m.group(1)}*>(bertfast_emu::dynamic_smem());", text)
     out, pos = [], 0

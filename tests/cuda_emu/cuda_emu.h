@@ -14,8 +14,8 @@
 // Dynamic shared memory is filled with 0xFF bytes (NaN in every float format) before each
 // block, so a kernel that reads shared memory it did not write sees NaN, as garbage would.
 // Each warp runs up to its next __syncthreads before the next warp starts, lanes in order, or
-// all in reverse order (g_reverse_schedule): a kernel whose result differs between the two
-// schedules has a race (a missing barrier).
+// blocks, warps and lanes all in reverse order (g_reverse_schedule): a kernel whose result
+// differs between the two schedules has a race (a missing barrier, blocks writing one place).
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -285,19 +285,19 @@ void launch(const void* kernel, F&& body, dim3 grid, dim3 block, size_t smem = 0
                                                " (a misaligned vector load or an address out of bounds)");
     return;
   }
-  for (unsigned z = 0; z < grid.z; ++z)
-    for (unsigned y = 0; y < grid.y; ++y)
-      for (unsigned x = 0; x < grid.x; ++x) {
-        g_block_idx = make_uint3(x, y, z);
-        g_dynamic_smem.assign(smem + 16, 0xFF);
-        g_in_launch = true;
-        const bool ok = run_block(fibers);
-        g_in_launch = false;
-        if (!ok) {
-          g_last_error = cudaErrorLaunchFailure;
-          return;
-        }
-      }
+  const uint64_t blocks = static_cast<uint64_t>(grid.x) * grid.y * grid.z;
+  for (uint64_t i = 0; i < blocks; ++i) {  // blocks in order, or in reverse (g_reverse_schedule)
+    const uint64_t b = g_reverse_schedule ? blocks - 1 - i : i;
+    g_block_idx = make_uint3(b % grid.x, (b / grid.x) % grid.y, b / (static_cast<uint64_t>(grid.x) * grid.y));
+    g_dynamic_smem.assign(smem + 16, 0xFF);
+    g_in_launch = true;
+    const bool ok = run_block(fibers);
+    g_in_launch = false;
+    if (!ok) {
+      g_last_error = cudaErrorLaunchFailure;
+      return;
+    }
+  }
 }
 
 // Warp-level operations: every lane deposits, a warp barrier, every lane reads, a barrier
@@ -352,6 +352,14 @@ void mma_16816(float c[4], const uint32_t a[4], const uint32_t b[2]) {
     c[e] = acc;
   }
   warp_barrier();
+}
+
+// A kernel declared __launch_bounds__(max_threads) does not launch with a larger block.
+inline void check_launch_bounds(int max_threads) {
+  const unsigned threads = g_block_dim.x * g_block_dim.y * g_block_dim.z;
+  if (threads > static_cast<unsigned>(max_threads))
+    fail("a block of " + std::to_string(threads) + " threads launched a kernel declared __launch_bounds__(" +
+         std::to_string(max_threads) + ") (cudaErrorLaunchOutOfResources on a GPU)");
 }
 
 }  // namespace bertfast_emu
