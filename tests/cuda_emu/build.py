@@ -1,11 +1,11 @@
 """Builds bertfast's CUDA kernel sources for the CPU emulation of cuda_emu.h.
 
-The .cu files are copied into a cache folder with three textual rewrites (the kernel bodies
+The .cu files are copied into a cache folder with a few textual rewrites (the kernel bodies
 stay as they are): `kernel<<<grid, block, smem, stream>>>(args);` becomes
 `bertfast_emu::launch(bertfast_emu::kernel_id(kernel), [&] { kernel(args); }, grid, block, smem, stream);`,
 `extern __shared__ [__align__(n)] T name[];` becomes a pointer to the launch's dynamic shared
 memory, and a kernel declared with `__launch_bounds__(max_threads, ...)` checks its block size
-first thing. They are compiled with g++ together with emu_shim.cpp (a C ABI for ctypes) into one
+first thing. Static `__shared__` arrays get poisoned (see rewrite_cuda_source). They are compiled with g++ together with emu_shim.cpp (a C ABI for ctypes) into one
 shared library, cached under a hash of every input.
 """
 import glob
@@ -78,9 +78,17 @@ def _check_launch_bounds(text):
     return "".join(out)
 
 
+_STATIC_SHARED = re.compile(r"(?<!extern )__shared__\s+([\w:<>, ]+?)\s+(\w+)((?:\[[^\]]+\])+)\s*;")
+
+
 def rewrite_cuda_source(text):
     """The rewrites above; line numbers are kept (newlines inside a launch stay in it)."""
     text = _check_launch_bounds(text)
+    # static shared arrays are filled with 0xFF (NaN) when a block first reaches them, as the
+    # dynamic shared memory is: a read before any write sees NaN, not the previous block's data
+    text = _STATIC_SHARED.sub(
+        lambda m: f"__shared__ {m.group(1)} {m.group(2)}{m.group(3)}; "
+                  f"bertfast_emu::poison_shared({m.group(2)}, sizeof({m.group(2)}));", text)
     text = _EXTERN_SHARED.sub(
         lambda m: f"{m.group(1)}* const {m.group(2)} = static_cast<{m.group(1)}*>(bertfast_emu::dynamic_smem());", text)
     out, pos = [], 0

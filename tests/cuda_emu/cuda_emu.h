@@ -79,6 +79,7 @@ inline std::string g_error;                   // first failure of the current la
 inline cudaError_t g_last_error = cudaSuccess;  // what cudaGetLastError returns
 inline bool g_reverse_schedule = false;
 inline int g_sm_count = 2;
+inline uint64_t g_block_serial = 0;  // counts the blocks run
 
 // Per warp exchange slots of the shuffles and the MMA (read between two warp barriers).
 inline uint64_t g_shuffle_slots[kMaxWarps][32];
@@ -290,6 +291,7 @@ void launch(const void* kernel, F&& body, dim3 grid, dim3 block, size_t smem = 0
     const uint64_t b = g_reverse_schedule ? blocks - 1 - i : i;
     g_block_idx = make_uint3(b % grid.x, (b / grid.x) % grid.y, b / (static_cast<uint64_t>(grid.x) * grid.y));
     g_dynamic_smem.assign(smem + 16, 0xFF);
+    ++g_block_serial;
     g_in_launch = true;
     const bool ok = run_block(fibers);
     g_in_launch = false;
@@ -352,6 +354,29 @@ void mma_16816(float c[4], const uint32_t a[4], const uint32_t b[2]) {
     c[e] = acc;
   }
   warp_barrier();
+}
+
+// A static __shared__ array (one copy for all blocks) is filled with 0xFF bytes by the first
+// thread of each block that reaches its declaration: before any thread of the block can write it.
+struct PoisonedShared {
+  const void* address;
+  uint64_t block_serial;
+};
+inline std::vector<PoisonedShared>& poisoned_shared() {
+  static std::vector<PoisonedShared> v;
+  return v;
+}
+inline void poison_shared(void* address, size_t bytes) {
+  for (PoisonedShared& p : poisoned_shared())
+    if (p.address == address) {
+      if (p.block_serial != g_block_serial) {
+        std::memset(address, 0xFF, bytes);
+        p.block_serial = g_block_serial;
+      }
+      return;
+    }
+  std::memset(address, 0xFF, bytes);
+  poisoned_shared().push_back({address, g_block_serial});
 }
 
 // A kernel declared __launch_bounds__(max_threads) does not launch with a larger block.
