@@ -59,6 +59,19 @@ class _Outputs:
                                      "elements")
 
 
+def _guarded_input(t):
+    """A contiguous floating-point input copied between NaN margins, at the same offset from a
+    16-byte boundary (an out-of-bounds read shows up as NaN); other tensors (views with their
+    own strides, integers) as they are."""
+    if t is None or not t.is_floating_point() or not t.is_contiguous():
+        return t
+    shift = (t.data_ptr() % 16) // t.element_size()  # the same offset from a 16-byte boundary
+    buffer = torch.full((t.numel() + 2 * _GUARD + 8,), math.nan, dtype=t.dtype)
+    view = buffer[_GUARD + shift : _GUARD + shift + t.numel()].view(t.shape)
+    view.copy_(t)
+    return view
+
+
 def _ptr(t):
     return None if t is None else t.data_ptr()
 
@@ -117,6 +130,7 @@ class EmulatedKernels:
 
     # ---- add_layer_norm ----
     def add_layer_norm_fwd(self, x, residual, weight, bias, x_bias, eps, seed=None, p=0.0, aligned=None):
+        x, residual, weight, bias, x_bias = map(_guarded_input, (x, residual, weight, bias, x_bias))
         rows, hidden = x.shape
         outs = _Outputs()
         out = outs.full(x.shape, math.nan, x.dtype)
@@ -133,6 +147,8 @@ class EmulatedKernels:
 
     def add_layer_norm_bwd(self, grad_out, x, residual, weight, x_bias, mean, rstd, seed=None, p=0.0,
                            want_grad_x_bias=False, aligned=None):
+        grad_out, x, residual, weight, x_bias, mean, rstd = map(_guarded_input,
+                                                                (grad_out, x, residual, weight, x_bias, mean, rstd))
         rows, hidden = x.shape
         outs = _Outputs()
         grad_residual = outs.full(x.shape, math.nan, x.dtype)
@@ -159,6 +175,9 @@ class EmulatedKernels:
         """mode 0: (loss, lse); 1: grad from lse and grad_loss (into grad_out if given, e.g. the
         logits themselves); 2: (loss, lse, grad) with the gradient written into grad_out."""
         rows, classes = logits.shape
+        if grad_out is None or grad_out.data_ptr() != logits.data_ptr():  # in place: keep the aliasing
+            logits = _guarded_input(logits)
+        lse, grad_loss = _guarded_input(lse), _guarded_input(grad_loss)
         outs = _Outputs()
         loss = outs.full((rows,), math.nan) if mode != 1 else None
         if mode != 1:
@@ -190,6 +209,7 @@ class EmulatedKernels:
 
     def attention_fwd(self, q, k, v, *, cu_seqlens=None, max_seqlen=0, key_mask=None, bias=None, scale, seed=None,
                       p=0.0):
+        q, k, v, bias = map(_guarded_input, (q, k, v, bias))
         dims, bias_strides, bias_code, (_, heads, _, _, total_q) = self._problem(q, k, cu_seqlens, max_seqlen,
                                                                                  key_mask, bias)
         outs = _Outputs()
@@ -205,6 +225,7 @@ class EmulatedKernels:
 
     def attention_bwd(self, grad_out, q, k, v, out, lse, *, cu_seqlens=None, max_seqlen=0, key_mask=None, bias=None,
                       want_grad_bias=False, scale, seed=None, p=0.0):
+        grad_out, q, k, v, out, lse, bias = map(_guarded_input, (grad_out, q, k, v, out, lse, bias))
         dims, bias_strides, bias_code, (batch, heads, seq_q, seq_k, total_q) = self._problem(
             q, k, cu_seqlens, max_seqlen, key_mask, bias)
         outs = _Outputs()  # the glue zero-fills the gradients (masked keys keep 0)
