@@ -469,3 +469,26 @@ def test_emulation_faults_on_a_misaligned_vector_load(emu):
     w = torch.randn(100).half()
     with pytest.raises(EmulationError, match="misaligned"):
         emu.add_layer_norm_fwd(x, x, w, w, None, 1e-5, aligned=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# the emulation itself: the mistakes it must catch (tests/cuda_emu/selftest_kernels.cu)
+
+@pytest.mark.parametrize("which,message", [
+    (0, "deadlock"),
+    (1, "lanes exited"),
+    (3, "illegal memory access"),
+    (4, r"__launch_bounds__\(64\)"),
+])
+def test_emulation_catches_a_broken_kernel(emu, which, message):
+    with pytest.raises(EmulationError, match=message):
+        emu.selftest(which)
+
+
+def test_emulation_exposes_a_missing_barrier(emu):
+    with pytest.raises(AssertionError, match="selftest"):
+        assert_schedule_independent(emu, "selftest", lambda: (emu.selftest(2),))
+
+
+def test_emulation_poisons_shared_memory(emu):
+    assert emu.selftest(5)[:32].isnan().all()

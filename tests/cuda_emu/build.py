@@ -123,6 +123,7 @@ def cuda_include_dir():
 
 def _sources():
     kernels = sorted(glob.glob(os.path.join(CSRC, "**", "*.cu"), recursive=True))
+    kernels.append(os.path.join(HERE, "selftest_kernels.cu"))  # broken on purpose: the emulation must catch them
     headers = sorted(glob.glob(os.path.join(CSRC, "**", "*.cuh"), recursive=True) +
                      glob.glob(os.path.join(CSRC, "**", "*.h"), recursive=True))
     emu = [os.path.join(HERE, f) for f in ("cuda_emu.h", "emu_shim.cpp", "build.py")]
@@ -148,8 +149,11 @@ def build_library(cache_root=None, compiler="g++"):
     work = tempfile.mkdtemp(dir=cache_root if os.path.isdir(cache_root) else None)
     os.makedirs(cache_root, exist_ok=True)
     src = os.path.join(work, "csrc")
+    def copied(path):  # where a source goes in the build folder
+        return os.path.join(src, os.path.relpath(path, CSRC) if path.startswith(CSRC) else os.path.basename(path))
+
     for path in kernels + headers:
-        dst = os.path.join(src, os.path.relpath(path, CSRC))
+        dst = copied(path)
         os.makedirs(os.path.dirname(dst), exist_ok=True)
         with open(path) as f:
             text = f.read()
@@ -157,7 +161,7 @@ def build_library(cache_root=None, compiler="g++"):
             f.write(rewrite_cuda_source(text) if path.endswith((".cu", ".cuh")) else text)
     flags = ["-std=c++20", "-O1", "-g0", "-fPIC", "-DBERTFAST_CUDA_EMU", "-DBERTFAST_WITH_CUDA", f"-I{include}",
              f"-I{HERE}", f"-I{src}", "-include", "cuda_emu.h", "-Wno-attributes", *SANITIZE]
-    units = [os.path.join(src, os.path.relpath(k, CSRC)) for k in kernels] + [os.path.join(HERE, "emu_shim.cpp")]
+    units = [copied(k) for k in kernels] + [os.path.join(HERE, "emu_shim.cpp")]
 
     def compile_unit(unit):
         obj = os.path.join(work, os.path.basename(unit) + ".o")

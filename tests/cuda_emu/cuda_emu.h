@@ -1,8 +1,9 @@
 // A CPU emulation of exactly the CUDA features bertfast's kernels use, so that the unmodified
 // kernel sources (csrc/**/*_kernels.cu) compile with g++ and run on a machine without a GPU.
 // Force-included (g++ -include cuda_emu.h) before each rewritten .cu file; build.py turns the
-// `kernel<<<grid, block, smem, stream>>>(args)` launches into bertfast_emu::launch calls and
-// `extern __shared__ T name[]` into a pointer to the launch's dynamic shared memory.
+// `kernel<<<grid, block, smem, stream>>>(args)` launches into bertfast_emu::launch calls,
+// `extern __shared__ T name[]` into a pointer to the launch's dynamic shared memory, and adds
+// the __launch_bounds__ check and the poisoning of static shared arrays below.
 //
 // A grid runs block by block. The threads of a block are cooperative fibers (ucontext) that
 // run one at a time until they reach a barrier, so that
@@ -16,6 +17,10 @@
 // Each warp runs up to its next __syncthreads before the next warp starts, lanes in order, or
 // blocks, warps and lanes all in reverse order (g_reverse_schedule): a kernel whose result
 // differs between the two schedules has a race (a missing barrier, blocks writing one place).
+// What fails a launch as on a GPU: a block above the kernel's __launch_bounds__ or 1024 threads,
+// too much dynamic shared memory without the cudaFuncSetAttribute opt-in, a fault (a misaligned
+// 16-byte access faults here too: g++ emits aligned SSE loads for 16-byte-aligned types), and a
+// failed assert() (a device-side assert).
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -109,9 +114,14 @@ inline void fiber_main() {
 }
 
 // Stacks of all fibers of a block; reserved once, pages are committed only as they are used.
+// The lowest page of each is a guard: an overflow faults instead of writing the next stack.
 inline char* stacks() {
-  static char* s = static_cast<char*>(mmap(nullptr, kMaxThreads * kStackBytes, PROT_READ | PROT_WRITE,
-                                           MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0));
+  static char* s = [] {
+    char* p = static_cast<char*>(mmap(nullptr, kMaxThreads * kStackBytes, PROT_READ | PROT_WRITE,
+                                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0));
+    for (int i = 0; i < kMaxThreads; ++i) mprotect(p + i * kStackBytes, 4096, PROT_NONE);
+    return p;
+  }();
   return s;
 }
 
@@ -232,10 +242,16 @@ inline void on_fault(int, siginfo_t* info, void*) {
 
 struct FaultGuard {
   struct sigaction old_segv, old_bus;
+  stack_t old_stack;
   FaultGuard() {
+    static std::vector<char> handler_stack(256 * 1024);  // the handler runs here (a fiber's stack may be full)
+    stack_t st = {};
+    st.ss_sp = handler_stack.data();
+    st.ss_size = handler_stack.size();
+    sigaltstack(&st, &old_stack);
     struct sigaction sa = {};
     sa.sa_sigaction = on_fault;
-    sa.sa_flags = SA_SIGINFO | SA_NODEFER;
+    sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK;
     sigemptyset(&sa.sa_mask);
     sigaction(SIGSEGV, &sa, &old_segv);
     sigaction(SIGBUS, &sa, &old_bus);
@@ -243,6 +259,7 @@ struct FaultGuard {
   ~FaultGuard() {
     sigaction(SIGSEGV, &old_segv, nullptr);
     sigaction(SIGBUS, &old_bus, nullptr);
+    sigaltstack(&old_stack, nullptr);
   }
 };
 
@@ -415,9 +432,7 @@ inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
 // the emulation is at least as accurate as the GPU; tolerances must allow the GPU's error).
 inline float __expf(float x) { return expf(x); }
 inline float __logf(float x) { return logf(x); }
-#if !defined(BERTFAST_EMU_HAVE_RSQRTF)
 inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
-#endif
 
 // cuda_runtime.h declares the typed overload only for nvcc.
 template <typename T>

@@ -24,6 +24,7 @@ _SIGNATURES = {
     "emu_cross_entropy": ([_I32] + [_P] * 6 + [_I64, _I64, _I64, _F, _I32], _I32),
     "emu_attention_fwd": ([_P] * 7 + [_I32, _P, _F, _P, _U32, _F, _I32], _I32),
     "emu_attention_bwd_workspace_bytes": ([_I64, _I64], _I64),
+    "emu_selftest": ([_I32, _P], _I32),
     "emu_attention_bwd": ([_P] * 9 + [_I32, _P, _F, _P, _U32, _F, _I32], _I32),
 }
 
@@ -127,6 +128,13 @@ class EmulatedKernels:
         if "runtime error" in report:
             raise EmulationError(f"{what}: undefined behaviour:\n{report[-4000:]}")
         outputs.check(what)
+
+    def selftest(self, which):
+        """Runs broken kernel `which` of selftest_kernels.cu; returns its output (256 floats)."""
+        outs = _Outputs()
+        out = outs.full((256,), math.nan)
+        self._run(f"selftest kernel {which}", outs, self.lib.emu_selftest, which, _ptr(out))
+        return out
 
     # ---- add_layer_norm ----
     def add_layer_norm_fwd(self, x, residual, weight, bias, x_bias, eps, seed=None, p=0.0, aligned=None):
