@@ -123,6 +123,26 @@ def test_add_layer_norm(emu, rows, hidden, dtype, param_dtype, with_x_bias, p, s
             check_close(name, got, ref64_, ref_lp, param_dtype, floor_rows if param_dtype == torch.float32 else None)
 
 
+@pytest.mark.parametrize("sm_count", [1, 64])
+def test_add_layer_norm_backward_grid_sizes(emu, sm_count):
+    """The backward's grid is 2 * multiprocessors blocks at most: with 1 each block loops over
+    many row groups, with 64 every row group has its own block."""
+    torch.manual_seed(sm_count)
+    rows, hidden, dtype = 77, 96, torch.bfloat16
+    x, residual, weight, bias, x_bias = layer_norm_inputs(rows, hidden, dtype, torch.float32, True)
+    grad_out = torch.randn(rows, hidden).to(dtype)
+    emu.configure(sm_count=sm_count)
+    try:
+        out, mean, rstd = emu.add_layer_norm_fwd(x, residual, weight, bias, x_bias, 1e-5)
+        got = emu.add_layer_norm_bwd(grad_out, x, residual, weight, x_bias, mean, rstd, want_grad_x_bias=True)
+    finally:
+        emu.configure()
+    inputs = [t.double() for t in (x, residual, weight, bias, x_bias)]
+    _, g64 = grads_of(lambda *t: reference.add_layer_norm(*t[:4], 1e-5, x_bias=t[4]), inputs, grad_out.double())
+    for name, g, r in (("grad_weight", got[2], g64[2]), ("grad_bias", got[3], g64[3]), ("grad_x_bias", got[4], g64[4])):
+        check_close(name, g, r, None, torch.float32, 1e-5 * rows**0.5)
+
+
 def assert_schedule_independent(emu, name, run):
     """run() gives the same bits whether warps (and lanes) run first-to-last or last-to-first
     between barriers; a difference means a missing barrier (a race on shared memory)."""
@@ -307,6 +327,7 @@ ATTENTION_CASES = [  # batch, seq_q, seq_k, dim, dtype, key mask, bias, dropout 
     (1, 100, 100, 128, torch.bfloat16, "padding", "float32-broadcast", 0.1),
     (2, 70, 129, 64, torch.bfloat16, "first-tile-masked", "float32-broadcast", 0.1),
     (1, 70, 70, 32, torch.float16, None, "causal-inf", 0.0),
+    (2, 1, 200, 64, torch.bfloat16, "padding", None, 0.1),
 ]
 
 
@@ -386,7 +407,7 @@ def test_attention_varlen(emu, lengths, max_seqlen, dim, dtype, p):
 def test_attention_packed_qkv(emu, varlen):
     """q, k, v as strided views of one (..., 3, heads, dim) projection output, as BERT makes them."""
     torch.manual_seed(5 + varlen)
-    heads, dim, dtype, scale, p, seed = 2, 64, torch.bfloat16, 0.125, 0.1, 99
+    heads, dim, dtype, scale, p, seed = 3, 64, torch.bfloat16, 0.125, 0.1, 99
     if varlen:
         lengths, max_seqlen = [40, 3], 40
         cu_seqlens = torch.tensor([0, 40, 43], dtype=torch.int32)

@@ -143,8 +143,6 @@ int64_t emu_add_layer_norm_num_partials(int64_t rows, int64_t hidden, int act, i
   return bertfast::add_layer_norm_cuda_num_partials(rows, hidden, dtype_of(act), aligned != 0, 0);
 }
 
-int64_t emu_add_layer_norm_max_hidden() { return bertfast::add_layer_norm_cuda_max_hidden(); }
-
 int emu_add_layer_norm_bwd(const void* grad_out, const void* x, const void* residual, const void* x_bias,
                            const float* mean, const float* rstd, const void* weight, void* grad_residual,
                            void* grad_x, void* grad_weight, void* grad_bias, void* grad_x_bias, float* partials,

@@ -19,7 +19,6 @@ _SIGNATURES = {
     "emu_configure": ([_I32, _I32], None),
     "emu_add_layer_norm_fwd": ([_P] * 8 + [_I64, _I64, _F, _P, _U32, _F, _I32, _I32, _I32], _I32),
     "emu_add_layer_norm_num_partials": ([_I64, _I64, _I32, _I32], _I64),
-    "emu_add_layer_norm_max_hidden": ([], _I64),
     "emu_add_layer_norm_bwd": ([_P] * 13 + [_I64, _I64, _P, _U32, _F, _I32, _I32, _I32], _I32),
     "emu_cross_entropy": ([_I32] + [_P] * 6 + [_I64, _I64, _I64, _F, _I32], _I32),
     "emu_attention_fwd": ([_P] * 7 + [_I32, _P, _F, _P, _U32, _F, _I32], _I32),
