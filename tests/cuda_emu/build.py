@@ -110,15 +110,28 @@ def rewrite_cuda_source(text):
 
 
 def cuda_include_dir():
-    """A folder with cuda_runtime.h and cuda_fp16.h: the toolkit's, else the nvidia pip wheel's."""
+    """A folder with the CUDA runtime and fp16/bf16 headers: the toolkit's, else an nvidia pip wheel's."""
     candidates = [os.environ.get("CUDA_HOME", ""), "/usr/local/cuda"]
     candidates = [os.path.join(c, "include") for c in candidates if c]
     for site in sys.path:
         candidates += glob.glob(os.path.join(site, "nvidia", "*", "include"))
     for c in candidates:
-        if all(os.path.exists(os.path.join(c, h)) for h in ("cuda_runtime.h", "cuda_fp16.h", "cuda_bf16.h")):
+        # the runtime wheel alone lacks crt/host_defines.h: a toolkit (or the nvcc wheel) has it
+        if all(os.path.exists(os.path.join(c, h))
+               for h in ("cuda_runtime.h", "cuda_fp16.h", "cuda_bf16.h", os.path.join("crt", "host_defines.h"))):
             return c
     return None
+
+
+def _sanitizer_flags(compiler):
+    """SANITIZE when the compiler can link UBSan's runtime, else none (the checks are a bonus)."""
+    with tempfile.TemporaryDirectory() as d:
+        probe = os.path.join(d, "probe.cpp")
+        with open(probe, "w") as f:
+            f.write("int f(int x) { return x << 1; }\n")
+        r = subprocess.run([compiler, *SANITIZE, "-fPIC", "-shared", probe, "-o", os.path.join(d, "probe.so")],
+                           capture_output=True)
+    return SANITIZE if r.returncode == 0 else []
 
 
 def _sources():
@@ -134,7 +147,7 @@ def build_library(cache_root=None, compiler="g++"):
     """Path of the emulation library, built if its inputs changed. Raises on a compile error."""
     include = cuda_include_dir()
     if include is None:
-        raise FileNotFoundError("no CUDA headers (cuda_runtime.h, cuda_fp16.h) found")
+        raise FileNotFoundError("no CUDA headers (cuda_runtime.h, cuda_fp16.h, crt/host_defines.h) found")
     kernels, headers, emu = _sources()
     digest = hashlib.sha256(include.encode())
     for path in kernels + headers + emu:
@@ -146,9 +159,10 @@ def build_library(cache_root=None, compiler="g++"):
     lib = os.path.join(folder, "libbertfast_cuda_emu.so")
     if os.path.exists(lib):
         return lib
-    work = tempfile.mkdtemp(dir=cache_root if os.path.isdir(cache_root) else None)
     os.makedirs(cache_root, exist_ok=True)
+    work = tempfile.mkdtemp(dir=cache_root)
     src = os.path.join(work, "csrc")
+
     def copied(path):  # where a source goes in the build folder
         return os.path.join(src, os.path.relpath(path, CSRC) if path.startswith(CSRC) else os.path.basename(path))
 
@@ -159,8 +173,9 @@ def build_library(cache_root=None, compiler="g++"):
             text = f.read()
         with open(dst, "w") as f:
             f.write(rewrite_cuda_source(text) if path.endswith((".cu", ".cuh")) else text)
+    sanitize = _sanitizer_flags(compiler)
     flags = ["-std=c++20", "-O1", "-g0", "-fPIC", "-DBERTFAST_CUDA_EMU", "-DBERTFAST_WITH_CUDA", f"-I{include}",
-             f"-I{HERE}", f"-I{src}", "-include", "cuda_emu.h", "-Wno-attributes", *SANITIZE]
+             f"-I{HERE}", f"-I{src}", "-include", "cuda_emu.h", "-Wno-attributes", *sanitize]
     units = [copied(k) for k in kernels] + [os.path.join(HERE, "emu_shim.cpp")]
 
     def compile_unit(unit):
@@ -175,7 +190,7 @@ def build_library(cache_root=None, compiler="g++"):
         objects = list(pool.map(compile_unit, units))
     # -Bsymbolic: the cudaGetLastError etc. defined here win over a libcudart torch may have loaded
     tmp_lib = os.path.join(work, "lib.so")
-    r = subprocess.run([compiler, "-shared", "-Wl,-Bsymbolic", *SANITIZE, "-o", tmp_lib, *objects], capture_output=True,
+    r = subprocess.run([compiler, "-shared", "-Wl,-Bsymbolic", *sanitize, "-o", tmp_lib, *objects], capture_output=True,
                        text=True)
     if r.returncode != 0:
         raise RuntimeError(f"linking the emulation library failed:\n{r.stderr[-6000:]}")
