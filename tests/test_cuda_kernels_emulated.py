@@ -4,8 +4,10 @@ bertfast.reference in float64.
 The unmodified csrc/**/*_kernels.cu files are compiled with g++ against cuda_emu.h (threads of
 a block as fibers with real __syncthreads / warp-shuffle / mma.sync semantics), so their index
 math, barriers, dropout counters and numerics are checked on a machine without a GPU. Outputs
-start as NaN: an element a kernel does not write fails the comparison. Shapes are small because
-the emulation switches context at every barrier.
+start as NaN between guard margins and inputs sit between NaN margins (tests/cuda_emu/kernels.py),
+so an element not written, a write out of bounds or a read out of bounds fails; UBSan, faults
+and launch errors fail the call. Shapes are small: the emulation switches context at every
+barrier. See tests/cuda_emu/README.md.
 """
 import shutil
 
@@ -15,13 +17,10 @@ import torch
 from bertfast import reference
 from cuda_emu import build
 from cuda_emu.kernels import EmulatedKernels, EmulationError
-from helpers import FLOOR, assert_lowp_close
+from helpers import assert_lowp_close
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None or build.cuda_include_dir() is None,
-                                reason="the CUDA emulation needs g++ and the CUDA headers (toolkit or nvidia wheel)")
-
-LOW = [torch.float16, torch.bfloat16]
-
+                                reason="the CUDA emulation needs g++ and the CUDA toolkit's headers")
 
 @pytest.fixture(scope="module")
 def emu():
@@ -513,3 +512,32 @@ def test_emulation_exposes_a_missing_barrier(emu):
 
 def test_emulation_poisons_shared_memory(emu):
     assert emu.selftest(5)[:32].isnan().all()
+
+
+def test_attention_single_key_with_dropout(emu):
+    """A sequence with one attendable key: softmax is 1 there, so the exact grad_q and grad_k are
+    0. With dropout the backward's D = rowsum(dO * O) uses the bf16-rounded output (as in
+    FlashAttention-2), so the kernels give the rounding of O instead, which the rule against
+    torch in bf16 (exactly 0 here) does not allow for. Checked instead: the float64 backward
+    with that same D, which the kernels must match closely."""
+    torch.manual_seed(1)
+    heads, dim, dtype, p, seed, scale = 2, 80, torch.bfloat16, 0.1, 31, 80**-0.5
+    q = torch.randn(1, 72, heads, dim).to(dtype)
+    k, v = (torch.randn(1, 123, heads, dim).to(dtype) for _ in range(2))
+    grad_out = torch.randn(q.shape).to(dtype)
+    mask = torch.zeros(1, 123, dtype=torch.bool)
+    mask[0, 5] = True
+    keep = reference.dropout_keep_mask(seed, (1, heads, 72, 123), p)
+    out, lse = emu.attention_fwd(q, k, v, key_mask=mask, scale=scale, seed=seed, p=p)
+    grad_q, grad_k, grad_v, _ = emu.attention_bwd(grad_out, q, k, v, out, lse, key_mask=mask, scale=scale, seed=seed,
+                                                  p=p)
+    for h in range(heads):
+        qd, kd, vd, dod = (t.double()[0, :, h] for t in (q, k, v, grad_out))
+        m = keep[0, h, :, 5:6].double() / (1 - p)  # P = 1 on key 5
+        d_rounded = (dod * out.double()[0, :, h]).sum(-1, keepdim=True)
+        ds = (dod @ vd[5:6].T) * m - d_rounded
+        torch.testing.assert_close(grad_k.double()[0, 5, h], (ds.T @ qd)[0] * scale, rtol=0, atol=2e-3)
+        torch.testing.assert_close(grad_q.double()[0, :, h], (ds @ kd[5:6]) * scale, rtol=0, atol=2e-3)
+        # grad_v = sum of dropped probabilities (1/(1-p), rounded to bf16 for the MMA) times dO
+        torch.testing.assert_close(grad_v.double()[0, 5, h], (m.T @ dod)[0], rtol=1e-2, atol=1e-2)
+    assert grad_k[0, :5].abs().max() == 0 and grad_k[0, 6:].abs().max() == 0
