@@ -1,12 +1,14 @@
 """Builds bertfast's CUDA kernel sources for the CPU emulation of cuda_emu.h.
 
-The .cu files are copied into a cache folder with a few textual rewrites (the kernel bodies
-stay as they are): `kernel<<<grid, block, smem, stream>>>(args);` becomes
-`bertfast_emu::launch(bertfast_emu::kernel_id(kernel), [&] { kernel(args); }, grid, block, smem, stream);`,
-`extern __shared__ [__align__(n)] T name[];` becomes a pointer to the launch's dynamic shared
-memory, and a kernel declared with `__launch_bounds__(max_threads, ...)` checks its block size
-first thing. Static `__shared__` arrays get poisoned (see rewrite_cuda_source). They are compiled with g++ together with emu_shim.cpp (a C ABI for ctypes) into one
-shared library, cached under a hash of every input.
+The .cu/.cuh files are copied into a cache folder with a few textual rewrites (rewrite_cuda_source;
+line numbers stay, kernel bodies are not edited):
+  - `kernel<<<grid, block, smem, stream>>>(args);` becomes
+    `bertfast_emu::launch(bertfast_emu::kernel_id(kernel), [&] { kernel(args); }, grid, block, smem, stream);`
+  - `extern __shared__ [__align__(n)] T name[];` becomes a pointer to the launch's dynamic shared memory;
+  - a kernel declared `__launch_bounds__(max_threads, ...)` checks its block size first thing;
+  - a static `__shared__` array is poisoned (NaN) when a block first reaches it.
+They are compiled with g++ (under UBSan when it links) together with emu_shim.cpp (a C ABI for
+ctypes) into one shared library, cached under a hash of every input.
 """
 import glob
 import hashlib
@@ -22,13 +24,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 CSRC = os.path.join(ROOT, "csrc")
 
-_EXTERN_SHARED = re.compile(r"extern\s+__shared__\s+(?:__align__\(\s*\d+\s*\)\s+)?([\w\s]+?)\s+(\w+)\s*\[\s*\]\s*;")
-
-
 # UBSan checks what a GPU would fault on or get wrong: a 16-byte load from an address that is
 # not 16-byte aligned ("misaligned address" on the device), out-of-bounds indexing of fixed
-# arrays, overflowing shifts and signed arithmetic. Reports go to a file (EmulatedKernels).
+# arrays, overflowing shifts and signed arithmetic. Reports go to stderr, which
+# EmulatedKernels captures around each call.
 SANITIZE = ["-fsanitize=undefined", "-fno-sanitize=vptr"]
+
+_EXTERN_SHARED = re.compile(r"extern\s+__shared__\s+(?:__align__\(\s*\d+\s*\)\s+)?([\w\s]+?)\s+(\w+)\s*\[\s*\]\s*;")
+_STATIC_SHARED = re.compile(r"(?<!extern )__shared__\s+([\w:<>, ]+?)\s+(\w+)((?:\[[^\]]+\])+)\s*;")
 
 
 def _kernel_start(text, end):
@@ -78,19 +81,17 @@ def _check_launch_bounds(text):
     return "".join(out)
 
 
-_STATIC_SHARED = re.compile(r"(?<!extern )__shared__\s+([\w:<>, ]+?)\s+(\w+)((?:\[[^\]]+\])+)\s*;")
-
-
 def rewrite_cuda_source(text):
-    """The rewrites above; line numbers are kept (newlines inside a launch stay in it)."""
+    """The rewrites of the module docstring; line numbers are kept."""
     text = _check_launch_bounds(text)
-    # static shared arrays are filled with 0xFF (NaN) when a block first reaches them, as the
-    # dynamic shared memory is: a read before any write sees NaN, not the previous block's data
+    # a read of a static shared array before any write in the block sees NaN, as the dynamic
+    # shared memory does, not the previous block's data
     text = _STATIC_SHARED.sub(
         lambda m: f"__shared__ {m.group(1)} {m.group(2)}{m.group(3)}; "
                   f"bertfast_emu::poison_shared({m.group(2)}, sizeof({m.group(2)}));", text)
     text = _EXTERN_SHARED.sub(
-        lambda m: f"{m.group(1)}* const {m.group(2)} = static_cast<{m.group(1)}*>(bertfast_emu::dynamic_smem());", text)
+        lambda m: f"{m.group(1)}* const {m.group(2)} = static_cast<{m.group(1)}*>(bertfast_emu::dynamic_smem());",
+        text)
     out, pos = [], 0
     while (open_ := text.find("<<<", pos)) >= 0:
         start = _kernel_start(text, open_)
@@ -102,8 +103,8 @@ def rewrite_cuda_source(text):
         args_end = _matching_paren(text, args_open)
         kernel = text[start:open_].strip()
         out.append(text[pos:start])
-        out.append(f"bertfast_emu::launch(bertfast_emu::kernel_id({kernel}), [&] {{ {kernel}{text[args_open:args_end]}; }}, "
-                   f"{config})")
+        call = f"{kernel}{text[args_open:args_end]}"  # the argument list keeps its newlines
+        out.append(f"bertfast_emu::launch(bertfast_emu::kernel_id({kernel}), [&] {{ {call}; }}, {config})")
         pos = args_end
     out.append(text[pos:])
     return "".join(out)
