@@ -116,7 +116,8 @@ def test_add_layer_norm(emu, rows, hidden, dtype, param_dtype, with_x_bias, p, s
         check_close("grad_x", grad_x, g64[0], glp[0], dtype, 1e-5 * max(4.0, hidden**0.5))
         # a dropped element has exactly zero gradient
         assert (grad_x[~keep] == 0).all()
-    for name, got, ref64_, ref_lp in (("grad_weight", grad_weight, g64[2], glp[2]), ("grad_bias", grad_bias, g64[3], glp[3]),
+    for name, got, ref64_, ref_lp in (("grad_weight", grad_weight, g64[2], glp[2]),
+                                      ("grad_bias", grad_bias, g64[3], glp[3]),
                                       ("grad_x_bias", grad_x_bias, g64[4], glp[4])):
         if ref64_ is not None:
             check_close(name, got, ref64_, ref_lp, param_dtype, floor_rows if param_dtype == torch.float32 else None)

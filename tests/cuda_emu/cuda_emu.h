@@ -172,7 +172,8 @@ inline bool run_block(std::vector<Fiber>& fibers) {
   for (int i = 0; i < n; ++i) {
     Fiber& f = fibers[i];
     f.linear = i;
-    f.thread_idx = make_uint3(i % g_block_dim.x, (i / g_block_dim.x) % g_block_dim.y, i / (g_block_dim.x * g_block_dim.y));
+    const unsigned x = g_block_dim.x, y = g_block_dim.y;
+    f.thread_idx = make_uint3(i % x, (i / x) % y, i / (x * y));
     f.state = State::kRunnable;
     getcontext(&f.context);
     f.context.uc_stack.ss_sp = stack + static_cast<size_t>(i) * kStackBytes;

@@ -55,8 +55,8 @@ class _Outputs:
     def check(self, what):
         for buffer in self._guarded:
             if not ((buffer[:_GUARD] == 7.0).all() and (buffer[-_GUARD:] == 7.0).all()):
-                raise EmulationError(f"{what}: a kernel wrote outside an output tensor of {buffer.numel() - 2 * _GUARD} "
-                                     "elements")
+                size = buffer.numel() - 2 * _GUARD
+                raise EmulationError(f"{what}: a kernel wrote outside an output tensor of {size} elements")
 
 
 def _guarded_input(t):
