@@ -24,7 +24,6 @@ struct CrossEntropyArgs {
   float* loss = nullptr;     // (rows,) out: per-row loss (0 where ignored)
   float* lse = nullptr;      // (rows,) out (forward) or in (backward): log-sum-exp per row
   const float* grad_loss = nullptr;  // (rows,) backward: upstream gradient of each row's loss
-  float grad_scale = 1.0f;   // forward+backward: the upstream gradient, one for all rows
   void* grad_logits = nullptr;  // (rows, classes) out, logits dtype; may equal logits (in place)
   int64_t rows = 0;
   int64_t classes = 0;
@@ -40,7 +39,7 @@ struct CrossEntropyArgs {
 cudaError_t cross_entropy_fwd_cuda(const CrossEntropyArgs& args, DType dtype, cudaStream_t stream);
 // Backward: grad_logits from lse and grad_loss.
 cudaError_t cross_entropy_bwd_cuda(const CrossEntropyArgs& args, DType dtype, cudaStream_t stream);
-// Both at once: loss, lse, and grad_logits = d(loss_r)/dx * grad_scale.
+// Both at once: loss, lse, and grad_logits = d(sum of the rows' losses)/d(logits).
 cudaError_t cross_entropy_fwd_bwd_cuda(const CrossEntropyArgs& args, DType dtype, cudaStream_t stream);
 #endif
 
