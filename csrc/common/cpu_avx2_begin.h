@@ -8,6 +8,4 @@
 #include "cpu_avx2_macros.h"
 #define CPU_CAPABILITY AVX2
 #define CPU_CAPABILITY_AVX2
-#else
-#define CPU_CAPABILITY DEFAULT
 #endif

@@ -18,6 +18,4 @@
 #endif
 #define CPU_CAPABILITY AVX512
 #define CPU_CAPABILITY_AVX512
-#else
-#define CPU_CAPABILITY DEFAULT
 #endif

@@ -1,6 +1,7 @@
-// CPU kernels are compiled three times: for any x86-64 (DEFAULT), for AVX2+FMA, and for
-// AVX-512. Each kernel header lives in namespace bertfast::CPU_CAPABILITY, like ATen's own
-// kernels, so the copies never collide; the glue picks one at run time.
+// CPU kernels are compiled three times on x86-64: for any x86-64 (DEFAULT), for AVX2+FMA, and
+// for AVX-512 (elsewhere, e.g. aarch64, only the DEFAULT copy exists). Each kernel header lives
+// in namespace bertfast::CPU_CAPABILITY, like ATen's own kernels, so the copies never collide;
+// the glue picks one at run time.
 #pragma once
 #include <cstdlib>
 #include <string>
