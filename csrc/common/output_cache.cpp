@@ -3,6 +3,7 @@
 
 #include <c10/core/CPUAllocator.h>
 #include <c10/core/impl/alloc_cpu.h>
+#include <pthread.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -40,6 +41,12 @@ struct Block {
 class BlockCache final : public c10::Allocator {
  public:
   BlockCache() : limit_(default_limit_bytes()) {}
+
+  // fork() copies the cache's memory but only the forking thread: a child forked while another
+  // thread held the mutex would wait for it forever. Holding the mutex across fork() (it is
+  // only ever held for a few list operations) leaves the child a consistent, unlocked cache.
+  void lock_for_fork() { mutex_.lock(); }
+  void unlock_after_fork() { mutex_.unlock(); }
 
   c10::DataPtr allocate(size_t n) override {
     if (n < kMinCachedBytes || limit_ == 0) {
@@ -136,7 +143,12 @@ class BlockCache final : public c10::Allocator {
 
 // Never destroyed: tensors may be freed during interpreter shutdown, after static destructors.
 BlockCache& cache() {
-  static BlockCache* instance = new BlockCache();
+  static BlockCache* instance = [] {
+    BlockCache* c = new BlockCache();
+    pthread_atfork([] { cache().lock_for_fork(); }, [] { cache().unlock_after_fork(); },
+                   [] { cache().unlock_after_fork(); });
+    return c;
+  }();
   return *instance;
 }
 

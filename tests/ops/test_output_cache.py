@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 import bertfast
@@ -91,3 +92,37 @@ def test_limit_env_var_bounds_the_cache_and_zero_turns_it_off(tmp_path):
 def test_bad_limit_env_var_is_a_clear_error():
     proc = _run(_SCRIPT.replace("OUT", "'/dev/null'"), BERTFAST_CPU_CACHE_MB="lots")
     assert proc.returncode != 0 and "BERTFAST_CPU_CACHE_MB" in proc.stderr
+
+
+_FORK_SCRIPT = r"""
+import os, threading, torch, bertfast
+from bertfast.ops import add_layer_norm
+g = torch.Generator().manual_seed(0)
+x, r = torch.randn(512, 512, generator=g), torch.randn(512, 512, generator=g)  # 1 MiB: cached
+w, b = torch.randn(512, generator=g), torch.randn(512, generator=g)
+torch.set_num_threads(1)
+stop = False
+def churn():  # another thread taking and returning cached blocks all the time
+    while not stop:
+        add_layer_norm(x, r, w, b)
+thread = threading.Thread(target=churn)
+thread.start()
+for _ in range(FORKS):
+    pid = os.fork()
+    if pid == 0:  # the child needs the cache (and its lock) at once
+        out = add_layer_norm(x, r, w, b)
+        os._exit(0 if bool(torch.isfinite(out).all()) else 1)
+    assert os.waitpid(pid, 0)[1] == 0
+stop = True
+thread.join()
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_fork_while_another_thread_uses_the_cache():
+    """Forks while another thread uses the cache: the fork handlers (which hold the cache's lock
+    across fork() and release it in parent and child) must leave both with a working cache."""
+    proc = subprocess.run([sys.executable, "-c", _FORK_SCRIPT.replace("FORKS", "300")], capture_output=True,
+                          text=True, timeout=240, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-2000:]
