@@ -1,7 +1,6 @@
 """Timing protocol shared by the benchmarks: candidates measured in the same run, interleaved,
 median of repetitions after warm-up, CUDA synchronised; plus the conditions of the run."""
 import datetime
-import json
 import os
 import platform
 import subprocess
@@ -11,6 +10,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bertfast.benchmarking import timing  # noqa: E402
+from bertfast.benchmarking.output import write_json  # noqa: E402,F401  (re-exported for the bench scripts)
 
 
 def sync(device):
@@ -62,14 +62,6 @@ def run_conditions(device):
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "commit": commit,
     }
-
-
-def write_json(path, payload):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2)
-    os.replace(tmp, path)
 
 
 def print_table(rows, columns):

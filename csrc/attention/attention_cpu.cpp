@@ -6,18 +6,9 @@
 #include "attention_torch.h"
 
 namespace bertfast {
-namespace AVX512 {
-void attention_fwd(const AttentionFwdArgs& a, DType dtype);
-void attention_bwd(const AttentionBwdArgs& a, DType dtype);
-}  // namespace AVX512
-namespace AVX2 {
-void attention_fwd(const AttentionFwdArgs& a, DType dtype);
-void attention_bwd(const AttentionBwdArgs& a, DType dtype);
-}  // namespace AVX2
-namespace DEFAULT {
-void attention_fwd(const AttentionFwdArgs& a, DType dtype);
-void attention_bwd(const AttentionBwdArgs& a, DType dtype);
-}  // namespace DEFAULT
+BERTFAST_DECLARE_CPU_COPIES(
+    void attention_fwd(const AttentionFwdArgs& a, DType dtype);
+    void attention_bwd(const AttentionBwdArgs& a, DType dtype);)
 
 namespace {
 

@@ -21,7 +21,9 @@
 namespace bertfast {
 namespace CPU_CAPABILITY {
 
-inline void attention_fwd_kernel(const AttentionFwdArgs& a, DType dtype) {
+// The entry points the glue dispatches to: one definition per copy, so this header is included
+// only by the attention_cpu_<copy>.cpp files.
+void attention_fwd(const AttentionFwdArgs& a, DType dtype) {
   switch (dtype) {
     case DType::kFloat32: return attention_fwd_impl<float>(a);
     case DType::kBFloat16: return attention_fwd_impl<c10::BFloat16>(a);
@@ -29,7 +31,7 @@ inline void attention_fwd_kernel(const AttentionFwdArgs& a, DType dtype) {
   }
 }
 
-inline void attention_bwd_kernel(const AttentionBwdArgs& a, DType dtype) {
+void attention_bwd(const AttentionBwdArgs& a, DType dtype) {
   switch (dtype) {
     case DType::kFloat32: return attention_bwd_impl<float>(a);
     case DType::kBFloat16: return attention_bwd_impl<c10::BFloat16>(a);

@@ -33,6 +33,13 @@ inline CpuCapability cpu_capability_in_use() {
 
 }  // namespace bertfast
 
+// Declares the same entry points in each copy's namespace, for the glue that dispatches to them
+// (the definitions are the kernel headers' functions, compiled once per copy).
+#define BERTFAST_DECLARE_CPU_COPIES(...)   \
+  namespace AVX512 { __VA_ARGS__ }         \
+  namespace AVX2 { __VA_ARGS__ }           \
+  namespace DEFAULT { __VA_ARGS__ }
+
 // Call bertfast::<cap>::fn(args...); BERTFAST_CPU_DISPATCH picks the best capability this CPU has.
 #if defined(__x86_64__) || defined(__i386__)
 #define BERTFAST_CPU_DISPATCH_TO(cap, fn, ...)                                                 \

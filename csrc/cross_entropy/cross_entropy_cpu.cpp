@@ -6,21 +6,10 @@
 #include "cross_entropy_torch.h"
 
 namespace bertfast {
-namespace AVX512 {
-void cross_entropy_fwd(const CrossEntropyArgs& a, DType dtype);
-void cross_entropy_bwd(const CrossEntropyArgs& a, DType dtype);
-void cross_entropy_fwd_bwd(const CrossEntropyArgs& a, DType dtype);
-}  // namespace AVX512
-namespace AVX2 {
-void cross_entropy_fwd(const CrossEntropyArgs& a, DType dtype);
-void cross_entropy_bwd(const CrossEntropyArgs& a, DType dtype);
-void cross_entropy_fwd_bwd(const CrossEntropyArgs& a, DType dtype);
-}  // namespace AVX2
-namespace DEFAULT {
-void cross_entropy_fwd(const CrossEntropyArgs& a, DType dtype);
-void cross_entropy_bwd(const CrossEntropyArgs& a, DType dtype);
-void cross_entropy_fwd_bwd(const CrossEntropyArgs& a, DType dtype);
-}  // namespace DEFAULT
+BERTFAST_DECLARE_CPU_COPIES(
+    void cross_entropy_fwd(const CrossEntropyArgs& a, DType dtype);
+    void cross_entropy_bwd(const CrossEntropyArgs& a, DType dtype);
+    void cross_entropy_fwd_bwd(const CrossEntropyArgs& a, DType dtype);)
 
 namespace {
 

@@ -1,11 +1,6 @@
 // softmax + cross-entropy CPU kernels built for AVX2+FMA.
+// The entry points are defined in cross_entropy_cpu_kernels.h, in namespace bertfast::AVX2.
 #include "../common/cpu_avx2_begin.h"
 #if defined(CPU_CAPABILITY_AVX2)  // x86-64 only: elsewhere the DEFAULT copy is the only one
 #include "cross_entropy_cpu_kernels.h"
-
-namespace bertfast::AVX2 {
-void cross_entropy_fwd(const CrossEntropyArgs& a, DType dtype) { cross_entropy_fwd_kernel(a, dtype); }
-void cross_entropy_bwd(const CrossEntropyArgs& a, DType dtype) { cross_entropy_bwd_kernel(a, dtype); }
-void cross_entropy_fwd_bwd(const CrossEntropyArgs& a, DType dtype) { cross_entropy_fwd_bwd_kernel(a, dtype); }
-}  // namespace bertfast::AVX2
-#endif  // CPU_CAPABILITY_AVX2
+#endif

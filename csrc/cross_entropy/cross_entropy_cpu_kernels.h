@@ -226,13 +226,15 @@ void dispatch_logits_dtype(DType dtype, F&& f) {
   }
 }
 
-inline void cross_entropy_fwd_kernel(const CrossEntropyArgs& a, DType dtype) {
+// The entry points the glue dispatches to: one definition per copy, so this header is included
+// only by the cross_entropy_cpu_<copy>.cpp files.
+void cross_entropy_fwd(const CrossEntropyArgs& a, DType dtype) {
   dispatch_logits_dtype(dtype, [&](auto t) { cross_entropy_fwd_impl<decltype(t)>(a); });
 }
-inline void cross_entropy_bwd_kernel(const CrossEntropyArgs& a, DType dtype) {
+void cross_entropy_bwd(const CrossEntropyArgs& a, DType dtype) {
   dispatch_logits_dtype(dtype, [&](auto t) { cross_entropy_bwd_impl<decltype(t)>(a); });
 }
-inline void cross_entropy_fwd_bwd_kernel(const CrossEntropyArgs& a, DType dtype) {
+void cross_entropy_fwd_bwd(const CrossEntropyArgs& a, DType dtype) {
   dispatch_logits_dtype(dtype, [&](auto t) { cross_entropy_fwd_bwd_impl<decltype(t)>(a); });
 }
 

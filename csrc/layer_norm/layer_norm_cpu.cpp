@@ -5,18 +5,9 @@
 #include "layer_norm_torch.h"
 
 namespace bertfast {
-namespace AVX512 {
-void add_layer_norm_fwd(const AddLayerNormFwdArgs& a, DType act, DType param);
-void add_layer_norm_bwd(const AddLayerNormBwdArgs& a, DType act, DType param);
-}  // namespace AVX512
-namespace AVX2 {
-void add_layer_norm_fwd(const AddLayerNormFwdArgs& a, DType act, DType param);
-void add_layer_norm_bwd(const AddLayerNormBwdArgs& a, DType act, DType param);
-}  // namespace AVX2
-namespace DEFAULT {
-void add_layer_norm_fwd(const AddLayerNormFwdArgs& a, DType act, DType param);
-void add_layer_norm_bwd(const AddLayerNormBwdArgs& a, DType act, DType param);
-}  // namespace DEFAULT
+BERTFAST_DECLARE_CPU_COPIES(
+    void add_layer_norm_fwd(const AddLayerNormFwdArgs& a, DType act, DType param);
+    void add_layer_norm_bwd(const AddLayerNormBwdArgs& a, DType act, DType param);)
 
 namespace {
 

@@ -255,11 +255,13 @@ void dispatch_act_param(DType act, DType param, F&& f) {
   }
 }
 
-inline void add_layer_norm_fwd_kernel(const AddLayerNormFwdArgs& a, DType act, DType param) {
+// The entry points the glue dispatches to: one definition per copy, so this header is included
+// only by the layer_norm_cpu_<copy>.cpp files.
+void add_layer_norm_fwd(const AddLayerNormFwdArgs& a, DType act, DType param) {
   dispatch_act_param(act, param, [&](auto t, auto p) { add_layer_norm_fwd_impl<decltype(t), decltype(p)>(a); });
 }
 
-inline void add_layer_norm_bwd_kernel(const AddLayerNormBwdArgs& a, DType act, DType param) {
+void add_layer_norm_bwd(const AddLayerNormBwdArgs& a, DType act, DType param) {
   dispatch_act_param(act, param, [&](auto t, auto p) { add_layer_norm_bwd_impl<decltype(t), decltype(p)>(a); });
 }
 
