@@ -53,10 +53,10 @@ bench-e2e: setup
 
 # Registers, shared memory, spills and key SASS instructions of the CUDA kernels (no GPU needed;
 # skipped without nvcc). Fails when a hot kernel spills or lost its tensor-core / 128-bit loads.
-# (tools/kernel_report.py: the same as `python -m bertfast.kernel_report`, without needing the build)
+# (a developer tool in tools/kernel_report/: it needs a checkout, not the built extension)
 kernel-report: $(VENV)/.deps-installed
 	@if [ -x "$(CUDA_HOME)/bin/nvcc" ] || command -v nvcc >/dev/null; then \
-		$(PY) tools/kernel_report.py --json out/kernel_report.json; \
+		$(PY) -m tools.kernel_report --json out/kernel_report.json; \
 	else echo "kernel-report: nvcc not found, skipped"; fi
 
 $(VENV)/.wheel-deps-installed: $(VENV)/.deps-installed

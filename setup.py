@@ -120,7 +120,7 @@ def _build_info_python(with_cuda, arch_list):
 
 
 def _build_info_source(with_cuda, arch_list):
-    """A generated header that records how this build was made (read by bertfast.info)."""
+    """A generated header that records how this build was made (read by `bertfast info`)."""
     import torch
 
     path = os.path.join(ROOT, "csrc", "build_info.h")
@@ -193,7 +193,7 @@ def main():
         install_requires=[torch_requirement(torch.__version__), "numpy", "safetensors>=0.4", "tokenizers>=0.19", "tqdm"],
         packages=find_packages(include=["bertfast", "bertfast.*"]),
         # Data files shipped inside the package (sample data, configs), whatever their folder.
-        package_data={"bertfast": ["data/**/*"]},
+        package_data={"bertfast": ["finetune/data/**/*", "bench/*.json"]},
         exclude_package_data={"": ["__pycache__/*", "*.pyc"]},
         ext_modules=[extension],
         # MAX_JOBS bounds ninja's parallel jobs (torch reads it).

@@ -9,8 +9,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bertfast.benchmarking import timing  # noqa: E402
-from bertfast.benchmarking.output import write_json  # noqa: E402,F401  (re-exported for the bench scripts)
+from bertfast.bench import timing  # noqa: E402
+from bertfast.bench.output import write_json  # noqa: E402,F401  (re-exported for the bench scripts)
 
 
 def sync(device):
@@ -20,7 +20,7 @@ def sync(device):
 
 def time_interleaved(fns, device, warmup=3, reps=10):
     """{name: median seconds} for callables {name: fn}, alternating between them each rep so
-    that drift in machine load hits every candidate alike (bertfast.benchmarking's protocol)."""
+    that drift in machine load hits every candidate alike (bertfast.bench's protocol)."""
     timings = timing.time_interleaved(fns, device, warmup=warmup, reps=reps)
     return {name: t["median_s"] for name, t in timings.items()}
 

@@ -1,4 +1,4 @@
-"""What this bertfast is and what it runs on: `bertfast.info()` or `python -m bertfast.info`.
+"""What this bertfast is and what it runs on: `bertfast info` (the command) or `bertfast.info()`.
 
 Build facts come from the compiled library itself (the `build_info` op), so they describe the
 binary that is loaded, not the source tree. Paste the output into bug reports.

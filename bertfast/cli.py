@@ -1,4 +1,4 @@
-"""The `bertfast` command: finetune, predict, evaluate."""
+"""The `bertfast` command: finetune, predict, evaluate, bench, info."""
 import argparse
 import json
 import os
@@ -89,13 +89,16 @@ def _predict_parsers(sub):
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="bertfast", description="Fast BERT fine-tuning and prediction.")
-    sub = parser.add_subparsers(dest="command", metavar="{finetune,predict,evaluate,bench}")
+    sub = parser.add_subparsers(dest="command", metavar="{finetune,predict,evaluate,bench,info}")
     _finetune_parser(sub)
     _predict_parsers(sub)
-    from . import bench
-    bench.add_arguments(sub.add_parser("bench", help="throughput and memory against transformers",
-                                       description=bench.__doc__,
-                                       formatter_class=argparse.RawDescriptionHelpFormatter))
+    from .bench import command as bench_command
+    bench_command.add_arguments(sub.add_parser("bench", help="throughput and memory against transformers",
+                                               description=bench_command.__doc__,
+                                               formatter_class=argparse.RawDescriptionHelpFormatter))
+    sub.add_parser("info", help="what this bertfast was built with and what it runs on",
+                   description="The version; the torch, CUDA and archs it was built with; the CPU kernels in use; "
+                               "the running torch, CUDA and GPUs, each with whether the build has kernels for it.")
     return parser
 
 
@@ -110,18 +113,18 @@ def _minilm_path():
 
 def _ours_or_absent(folder):
     """The default run may replace its own earlier output, nothing else."""
-    from .train import RUN_ARGS
+    from .finetune.trainer import RUN_ARGS
     return not os.path.exists(folder) or os.path.exists(os.path.join(folder, RUN_ARGS))
 
 
 def finetune_config(args):
     """A FinetuneConfig from the parsed arguments; the embedded default when no task, model or
     train file is given (other arguments still apply)."""
-    from .data.sample_data import sample_path
-    from .train import FinetuneConfig
+    from .finetune.data.sample_data import sample_path
+    from .finetune.trainer import FinetuneConfig
     given = {k: v for k, v in vars(args).items() if v is not None and k != "command"}
     progress = not given.pop("no_progress", False)
-    if given.get("resume"):  # the run's saved arguments fill in the rest (bertfast.train._resumed_config)
+    if given.get("resume"):  # the run's saved arguments fill in the rest (bertfast.finetune.trainer._resumed_config)
         if "output" not in given:
             raise SystemExit("bertfast finetune: error: --resume needs --output (the folder of the run to continue)")
         for key in ("task", "model", "train"):
@@ -160,26 +163,30 @@ def main(argv=None):
     if args.command == "bench":
         from .bench import main as bench_main
         return bench_main(args)
-    from .data import DataError
-    from .train import FinetuneError
+    if args.command == "info":
+        from ._info import info
+        info()
+        return 0
+    from .finetune.data import DataError
+    from .finetune.trainer import FinetuneError
     try:
         if args.command == "finetune":
             return _run_finetune(args)
         if args.command == "predict":
-            from .predict import predict
+            from .finetune.predict import predict
             n, truncated = predict(args.model, args.input, args.output, args.task, args.device, args.precision,
                                    args.batch_size, args.max_length)
             print(f"wrote {n} predictions to {args.output}"
                   + (f" ({truncated} inputs truncated to the maximum length)" if truncated else ""))
             return 0
         if args.command == "evaluate":
-            from .predict import evaluate
+            from .finetune.predict import evaluate
             result = evaluate(args.model, args.data, args.task, args.device, args.precision, args.batch_size,
                               args.max_length)
             text = json.dumps(result, indent=2)
             print(text)
             if args.output:
-                from .train_checkpoint import atomic_write_bytes
+                from .finetune.checkpoints import atomic_write_bytes
                 atomic_write_bytes(args.output, (text + "\n").encode())
             return 0
     except (DataError, FinetuneError, FileNotFoundError, ValueError, OSError) as e:
@@ -193,7 +200,7 @@ def main(argv=None):
 
 
 def _run_finetune(args):
-    from .train import finetune
+    from .finetune.trainer import finetune
     cfg, default_run = finetune_config(args)
     if default_run and _is_main_process():
         print(f"bertfast finetune: embedded default run: {cfg.task} on {cfg.train} "

@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import kernels
 from ._library import has_cuda_kernels
-from .config import SUPPORTED_ACTIVATIONS
+from .model import attention_routing
+from .model.config import SUPPORTED_ACTIVATIONS
 from .ops import add_layer_norm
 
 logger = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def _fast_self_attention_forward(self, hidden_states, attention_mask=None, cache
     q = self.query(hidden_states).view(shape)
     k = self.key(hidden_states).view(shape)
     v = self.value(hidden_states).view(shape)
-    out = kernels.attention(q, k, v, key_padding_mask=key_mask, dropout_p=self.dropout.p if self.training else 0.0,
+    out = attention_routing.attention(q, k, v, key_padding_mask=key_mask, dropout_p=self.dropout.p if self.training else 0.0,
                             scale=self.scaling)
     return out.reshape(batch, seqlen, -1), None
 

@@ -47,7 +47,7 @@ def check_ops(bertfast, declared):
 
 
 def check_add_layer_norm(bertfast, device):
-    from bertfast import reference
+    from bertfast.ops import reference
     from bertfast.ops import add_layer_norm
 
     generator = torch.Generator().manual_seed(0)

@@ -1,5 +1,5 @@
 """The build tells the truth about itself: version tags and torch pins of wheels, the torch
-check before loading the library, the missing-arch message, and bertfast.info."""
+check before loading the library, the missing-arch message, and `bertfast info`."""
 import importlib.util
 import os
 import subprocess
@@ -206,7 +206,7 @@ def test_cuda_tensor_on_cpu_build(monkeypatch):
         _library.check_device(types.SimpleNamespace(device=torch.device("cuda", 0)), "add_layer_norm")
 
 
-# --- bertfast.info ---
+# --- bertfast info ---
 
 def _cpu_flags():
     with open("/proc/cpuinfo") as f:
@@ -253,17 +253,16 @@ def test_info_prints_the_report(capsys):
         assert field in out
 
 
-def test_python_m_bertfast_info():
-    result = subprocess.run([sys.executable, "-m", "bertfast.info"], cwd=ROOT, capture_output=True, text=True,
+def test_bertfast_info_command():
+    result = subprocess.run([sys.executable, "-m", "bertfast", "info"], cwd=ROOT, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr
     assert "built with:" in result.stdout and "running:" in result.stdout
     assert "RuntimeWarning" not in result.stderr
 
 
-def test_info_stays_callable_after_importing_the_module(capsys):
-    import bertfast.info as info_module
+def test_info_is_the_function_and_cli_lists_it(capsys):
+    from bertfast.cli import build_parser
 
-    info_module()
-    bertfast.info()
-    assert capsys.readouterr().out.count("built with:") == 2
+    assert callable(bertfast.info) and not isinstance(bertfast.info, types.ModuleType)
+    assert "info" in build_parser().format_help()

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from bertfast.cli import DEFAULT_OUTPUT, build_parser, finetune_config, main
-from bertfast.data import sample_path
+from bertfast.finetune.data import sample_path
 
 from finetune_helpers import make_tiny_bert
 

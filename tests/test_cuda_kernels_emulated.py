@@ -1,5 +1,5 @@
 """bertfast's CUDA kernels, run on the CPU through the emulation in tests/cuda_emu/, against
-bertfast.reference in float64.
+bertfast.ops.reference in float64.
 
 The unmodified csrc/**/*_kernels.cu files are compiled with g++ against cuda_emu.h (threads of
 a block as fibers with real __syncthreads / warp-shuffle / mma.sync semantics), so their index
@@ -14,7 +14,7 @@ import shutil
 import pytest
 import torch
 
-from bertfast import reference
+from bertfast.ops import reference
 from cuda_emu import build
 from cuda_emu.kernels import EmulatedKernels, EmulationError
 from helpers import assert_lowp_close

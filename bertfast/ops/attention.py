@@ -7,7 +7,7 @@ stored; the backward recomputes it from the saved row log-sum-exp.
 
 Dropout mask. Probability (b, h, i, j) (query i, key j of sequence b, head h) is kept when
 element ((b*heads + h)*counter_q + i)*counter_k + j of
-`bertfast.reference.dropout_keep_mask(seed, (batch, heads, counter_q, counter_k), dropout_p)`
+`bertfast.ops.reference.dropout_keep_mask(seed, (batch, heads, counter_q, counter_k), dropout_p)`
 is True, with (counter_q, counter_k) = (seq_q, seq_k) for `attention` and
 (max_seqlen, max_seqlen) for `attention_varlen` (positions i, j inside each sequence). So the
 varlen op on packed tokens draws the same mask as the padded op on a batch padded to
@@ -177,7 +177,7 @@ def attention_varlen(q, k, v, cu_seqlens, max_seqlen, *, dropout_p=0.0, scale=No
             synchronises with the current stream. The check is skipped, silently, where values
             cannot be read: under torch.compile and while a CUDA graph is being captured.
             Pass False where the offsets are known to be valid (built by your own code, e.g.
-            with `bertfast.packing`) and a sync must be avoided. Bad values then still never
+            with `bertfast.model.packing`) and a sync must be avoided. Bad values then still never
             read or write out of bounds: the CPU kernels raise a RuntimeError, and the CUDA
             kernels clamp every sequence to [0, total_tokens) and to max_seqlen, which gives a
             silently wrong result instead of an error.

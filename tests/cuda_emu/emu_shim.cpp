@@ -6,7 +6,7 @@
 
 #include "attention/attention.h"
 #include "cross_entropy/cross_entropy.h"
-#include "layer_norm/layer_norm.h"
+#include "add_layer_norm/add_layer_norm.h"
 
 using bertfast::DType;
 namespace emu = bertfast_emu;

@@ -90,7 +90,7 @@ def dropout_scale(p):
 
 
 def vector_path_ok(tensors, hidden, dtype):
-    """layer_norm_cuda.cpp's vector_path_ok: 16-byte aligned pointers and whole vectors per row."""
+    """add_layer_norm_cuda.cpp's vector_path_ok: 16-byte aligned pointers and whole vectors per row."""
     vec = 4 if dtype == torch.float32 else 8
     return hidden % vec == 0 and all(t is None or t.data_ptr() % 16 == 0 for t in tensors)
 

@@ -5,7 +5,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bertfast import reference
+from bertfast.ops import reference
 from bertfast.ops import add_layer_norm
 from helpers import DEVICES, assert_lowp_close, dtypes_for, max_err, requires_cuda, seed_that_op_will_draw
 

@@ -1,10 +1,10 @@
-"""bertfast.ops.attention / attention_varlen against bertfast.reference evaluated in float64."""
+"""bertfast.ops.attention / attention_varlen against bertfast.ops.reference evaluated in float64."""
 import importlib
 
 import pytest
 import torch
 
-from bertfast import reference
+from bertfast.ops import reference
 from bertfast.ops import attention, attention_varlen, set_deterministic
 
 HAS_CUDA = torch.cuda.is_available()

@@ -1,9 +1,9 @@
-"""softmax_cross_entropy, linear_cross_entropy and span_loss against bertfast.reference
+"""softmax_cross_entropy, linear_cross_entropy and span_loss against bertfast.ops.reference
 (F.cross_entropy and friends) evaluated in float64, on CPU and, where present, CUDA."""
 import pytest
 import torch
 
-from bertfast import reference
+from bertfast.ops import reference
 from bertfast.ops import linear_cross_entropy, softmax_cross_entropy, span_loss
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

@@ -1,0 +1,257 @@
+"""`bertfast bench`: end-to-end throughput and memory of bertfast's BERT against transformers.
+
+For each model size, sequence length, length distribution and mode (a training step with
+AdamW, or inference), every implementation runs the same batches with the same weights:
+bertfast's model, transformers' BERT with attn_implementation "eager" and "sdpa", and each of
+them under torch.compile when asked. They are timed interleaved in one run (median of --steps
+repetitions after warm-up, CUDA synchronised), so the ratios compare like with like.
+
+Reported per row: milliseconds per repetition, real (non-padding) tokens/s, samples/s, peak
+memory (see bertfast/benchmarking/memory.py for how it is measured on CPU and CUDA), achieved
+model TFLOP/s (useful FLOPs on real tokens), on a GPU the model FLOP utilisation against the
+bf16 GEMM rate measured in the same run, and for bertfast rows the speedup over each baseline.
+
+"full" batches have every sequence at --seq-len; "real" batches draw lengths from real text
+(Rotten Tomatoes snippets up to 128 tokens, SQuAD question + paragraph beyond: see
+bertfast/bench/bench_lengths.json) and are padded to their longest sequence, as a dynamic-
+padding collator does.
+
+    bertfast bench                                  # sizes that suit the machine
+    python -m bertfast.bench --model bert-base --seq-len 128 512 --json out.json --plot plots/
+"""
+import argparse
+import gc
+import sys
+
+import torch
+
+from . import implementations, memory, output, timing, workloads
+
+GPU_TOKENS_PER_BATCH = {"minilm-l6": 32768, "bert-base": 16384, "bert-large": 8192, "tiny": 4096}
+CPU_TOKENS_PER_BATCH = {"minilm-l6": 1024, "bert-base": 512, "bert-large": 256, "tiny": 64}
+
+
+def add_arguments(parser):
+    """The options of `bertfast bench` (also used by `python -m bertfast.bench`)."""
+    parser.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when available)")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None,
+                        help="autocast precision (default: bf16 on CUDA, fp32 on CPU); weights and AdamW stay fp32")
+    parser.add_argument("--model", nargs="+", choices=sorted(workloads.MODEL_SIZES), default=None,
+                        help="model sizes (default: minilm-l6 bert-base bert-large on CUDA, minilm-l6 on CPU)")
+    parser.add_argument("--task", nargs="+", choices=workloads.TASKS, default=["classification"],
+                        help="heads: BertForSequenceClassification and/or BertForMaskedLM (default: classification)")
+    parser.add_argument("--seq-len", nargs="+", type=int, default=None,
+                        help="sequence lengths (default: 128 512 on CUDA, 128 on CPU)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="sequences per batch (default: a token budget per model that fills a GPU, or "
+                             "that keeps a small CPU run to about a minute)")
+    parser.add_argument("--lengths", nargs="+", choices=("full", "real"), default=["full", "real"],
+                        help="full-length batches and/or lengths drawn from real text (default: both)")
+    parser.add_argument("--real-batches", type=int, default=None,
+                        help="batches per repetition for real lengths (default: 4 on CUDA, 2 on CPU)")
+    parser.add_argument("--mode", nargs="+", choices=("train", "inference"), default=["train", "inference"])
+    parser.add_argument("--baselines", nargs="*", choices=implementations.BASELINES,
+                        default=list(implementations.BASELINES),
+                        help="transformers attn_implementation baselines (default: eager sdpa)")
+    parser.add_argument("--no-bertfast", action="store_true", help="time the baselines only")
+    parser.add_argument("--optimize", action="store_true",
+                        help="also time transformers' sdpa model patched by bertfast.optimize (hf-sdpa+optimize)")
+    parser.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                        help="also time every implementation under torch.compile (auto: on for CUDA, off on CPU "
+                             "where compiling takes minutes)")
+    parser.add_argument("--steps", type=int, default=None, help="timed repetitions (default: 10 on CUDA, 3 on CPU)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed repetitions first (default: 3 CUDA, 1 CPU)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    parser.add_argument("--json", help="write rows, notes and the run's conditions here")
+    parser.add_argument("--csv", help="write the rows here, with the conditions on each line")
+    parser.add_argument("--markdown", help="write the table as markdown here")
+    parser.add_argument("--plot", metavar="DIR", help="write throughput.png and memory.png here (needs matplotlib)")
+    return parser
+
+
+def _defaults(args):
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("bertfast bench: --device cuda, but torch sees no CUDA device")
+    if device.type not in ("cpu", "cuda"):
+        raise SystemExit(f"bertfast bench: --device {args.device}: only cpu and cuda are supported")
+    on_gpu = device.type == "cuda"
+    if args.precision is None:
+        args.precision = "bf16" if on_gpu else "fp32"
+    if args.precision == "fp16" and not on_gpu:
+        raise SystemExit("bertfast bench: --precision fp16 needs CUDA (use fp32 or bf16 on CPU)")
+    args.model = args.model or (["minilm-l6", "bert-base", "bert-large"] if on_gpu else ["minilm-l6"])
+    args.seq_len = args.seq_len or ([128, 512] if on_gpu else [128])
+    for n in args.seq_len:
+        if not 2 <= n <= 512:
+            raise SystemExit(f"bertfast bench: --seq-len {n}: must be in [2, 512] (BERT's position table)")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise SystemExit("bertfast bench: --batch-size must be at least 1")
+    args.steps = args.steps or (10 if on_gpu else 3)
+    args.warmup = (3 if on_gpu else 1) if args.warmup is None else args.warmup
+    args.real_batches = args.real_batches or (4 if on_gpu else 2)
+    args.compile_modes = [False, True] if args.compile == "on" or (args.compile == "auto" and on_gpu) else [False]
+    return args
+
+
+def _batch_size(args, model_size, seq_len):
+    if args.batch_size:
+        return args.batch_size
+    budget = (GPU_TOKENS_PER_BATCH if args.device.startswith("cuda") else CPU_TOKENS_PER_BATCH)[model_size]
+    return max(1, budget // seq_len)
+
+
+def _workload_fn(impl, batches, args, mode):
+    step = implementations.STEPS[mode]
+
+    def run():
+        for batch in batches:
+            step(impl, batch, args.device, args.precision)
+    return run
+
+
+def _measure(impls, batches, args, mode, notes, label):
+    """Time the implementations that run (interleaved) and measure each one's peak memory."""
+    runnable = {}
+    for impl in impls:
+        fn = _workload_fn(impl, batches, args, mode)
+        try:
+            fn()  # also compiles, when compiled
+        except Exception as e:  # e.g. torch.compile failing on a model: report it, time the others
+            notes.append(f"{label}: {impl.name} failed and was left out: {type(e).__name__}: {str(e)[:300]}")
+            continue
+        runnable[impl.name] = (impl, fn)
+    times = timing.time_interleaved({n: fn for n, (_, fn) in runnable.items()}, args.device,
+                                    warmup=max(0, args.warmup - 1), reps=args.steps)
+    peaks = {n: memory.peak_bytes(fn, impl.base, impl.optimizer, mode == "train", args.device)
+             for n, (impl, fn) in runnable.items()}
+    return runnable, times, peaks
+
+
+def _rows_for(model_size, task, seq_len, lengths_kind, mode, batches, runnable, times, peaks, args, gemm_flops):
+    size = workloads.MODEL_SIZES[model_size]
+    tokens = sum(b.real_tokens for b in batches)
+    samples = sum(len(b.lengths) for b in batches)
+    padded = sum(b.padded_tokens for b in batches)
+    flops = sum(workloads.step_flops(size, b.lengths, task, mode) for b in batches)
+    lengths_label = "full" if lengths_kind == "full" else f"real:{workloads.real_distribution_for(seq_len)}"
+    rows = []
+    for name, (impl, _) in runnable.items():
+        t = times[name]["median_s"]
+        rows.append({
+            "model": model_size, "task": task, "seq_len": seq_len, "lengths": lengths_label,
+            "batch_size": len(batches[0].lengths), "batches": len(batches), "mode": mode, "impl": name,
+            "compiled": impl.compiled, "uses_bertfast": impl.uses_bertfast, "precision": args.precision,
+            "ms": round(t * 1e3, 2),
+            "ms_min": round(times[name]["min_s"] * 1e3, 2),
+            "cpu_ms": None if args.device.startswith("cuda") else round(times[name]["cpu_median_s"] * 1e3, 2),
+            "real_tokens": tokens, "padded_tokens": padded,
+            "tokens_per_s": round(tokens / t, 1), "samples_per_s": round(samples / t, 2),
+            "peak_mem_MB": None if peaks[name] is None else round(peaks[name] / 2**20, 1),
+            "tflops": float(f"{flops / t / 1e12:.4g}"),
+            "mfu": round(flops / t / gemm_flops, 3) if gemm_flops else None,
+            "samples_s": [round(s, 5) for s in times[name]["samples"]],
+        })
+    for row in rows:  # bertfast's speedup over each baseline, compiled against compiled
+        if row["uses_bertfast"]:
+            suffix = "+compile" if row["compiled"] else ""
+            for baseline in implementations.BASELINES:
+                other = next((r for r in rows if r["impl"] == f"hf-{baseline}{suffix}"), None)
+                row[f"vs_hf_{baseline}"] = round(other["ms"] / row["ms"], 2) if other else None
+                if other and row["cpu_ms"] and other["cpu_ms"]:  # the same ratio in process CPU time
+                    row[f"cpu_vs_hf_{baseline}"] = round(other["cpu_ms"] / row["cpu_ms"], 2)
+    return rows
+
+
+def run_benchmark(args, progress=None):
+    """Everything `main` does except printing and writing; returns (rows, notes, conditions).
+    `progress(rows, notes, conditions)` is called after each workload (partial results survive
+    a run that is cut short)."""
+    args = _defaults(args)
+    if args.compile_modes[-1]:
+        for name in ("recompile_limit", "cache_size_limit"):  # real-length batches have several shapes
+            if hasattr(torch._dynamo.config, name):
+                setattr(torch._dynamo.config, name, max(64, getattr(torch._dynamo.config, name)))
+    conditions = timing.run_conditions(args.device)
+    notes = []
+    gemm_flops = None
+    if args.device.startswith("cuda"):
+        gemm_flops = timing.gemm_rate(args.device)
+        conditions["bf16_gemm_TFLOPs"] = round(gemm_flops / 1e12, 1)
+        print(f"bf16 GEMM rate: {gemm_flops / 1e12:.1f} TFLOP/s (MFU is measured against it)", flush=True)
+    rows = []
+    generator = torch.Generator().manual_seed(1234)
+    for task in args.task:
+        reason = None if args.no_bertfast else implementations.bertfast_unavailable_reason(task)
+        if reason:
+            notes.append(reason)
+        for model_size in args.model:
+            impls = implementations.make_implementations(
+                model_size, task, args.device, args.baselines, not args.no_bertfast and reason is None,
+                args.compile_modes, args.precision, notes, with_optimize=args.optimize and not args.no_bertfast)
+            if not impls:
+                raise SystemExit("bertfast bench: nothing to time (no baselines and no bertfast model)")
+            for seq_len in args.seq_len:
+                batch_size = _batch_size(args, model_size, seq_len)
+                for lengths_kind in args.lengths:
+                    batches = [b.to(args.device) for b in workloads.make_batches(
+                        task, batch_size, seq_len, lengths_kind, args.real_batches, generator)]
+                    for mode in args.mode:
+                        label = f"{model_size}/{task}/{seq_len}/{lengths_kind}/{mode}"
+                        print(f"timing {label} (batch {batch_size})", flush=True)
+                        runnable, times, peaks = _measure(impls, batches, args, mode, notes, label)
+                        rows += _rows_for(model_size, task, seq_len, lengths_kind, mode, batches, runnable, times,
+                                          peaks, args, gemm_flops)
+                        if progress:
+                            progress(rows, notes, conditions)
+            del impls
+            gc.collect()
+            if args.device.startswith("cuda"):
+                torch.cuda.empty_cache()
+    return rows, notes, conditions
+
+
+def main(args):
+    threads = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    def save_partial(rows, notes, conditions):
+        if args.json:
+            output.write_json(args.json, {"conditions": conditions, "settings": _settings(args), "notes": notes,
+                                          "rows": rows, "complete": False})
+    try:
+        rows, notes, conditions = run_benchmark(args, save_partial)
+    finally:
+        torch.set_num_threads(threads)
+    print()
+    print(" | ".join(f"{k}: {v}" for k, v in conditions.items() if v is not None))
+    print(output.format_table(rows))
+    for note in notes:
+        print(f"note: {note}")
+    payload = {"conditions": conditions, "settings": _settings(args), "notes": notes, "rows": rows, "complete": True}
+    if args.json:
+        output.write_json(args.json, payload)
+    if args.csv:
+        output.write_csv(args.csv, rows, conditions)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(output.format_markdown(rows) + "\n")
+    if args.plot and rows:
+        for path in output.plot(args.plot, rows, conditions):
+            print(f"wrote {path}")
+    return 0
+
+
+def _settings(args):
+    keys = ("device", "precision", "model", "task", "seq_len", "batch_size", "lengths", "real_batches", "mode",
+            "baselines", "no_bertfast", "optimize", "compile", "steps", "warmup")
+    return {k: getattr(args, k) for k in keys} | {"command": " ".join(sys.argv)}
+
+
+def run(argv=None):
+    parser = add_arguments(argparse.ArgumentParser(
+        prog="bertfast bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
+    return main(parser.parse_args(argv))
+

@@ -1,6 +1,0 @@
-// add_layer_norm's CPU kernels built for AVX-512.
-// The entry points are defined in layer_norm_cpu_kernels.h, in namespace bertfast::AVX512.
-#include "../common/cpu_avx512_begin.h"
-#if defined(CPU_CAPABILITY_AVX512)  // x86-64 only: elsewhere the DEFAULT copy is the only one
-#include "layer_norm_cpu_kernels.h"
-#endif

@@ -1,0 +1,171 @@
+"""`bertfast bench` end to end on the CPU in a tiny configuration, and its parts. No test here
+asserts a speed: timings on a shared CI machine mean nothing."""
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import bertfast
+from bertfast import bench
+from bertfast.bench import implementations, memory, output, workloads
+
+# One thread: on a loaded 2-core CI machine, two OpenMP threads wait on each other for seconds.
+TINY = ["--device", "cpu", "--threads", "1", "--model", "tiny", "--seq-len", "16", "--batch-size", "2", "--steps", "1",
+        "--warmup", "0", "--real-batches", "2"]
+
+
+def _expected_impls(task):
+    impls = ["hf-eager", "hf-sdpa"]
+    return impls + ["bertfast"] if hasattr(bertfast, implementations.HF_CLASSES[task]) else impls
+
+
+def test_bench_runs_end_to_end_and_writes_every_row(tmp_path, capsys):
+    json_path, csv_path = tmp_path / "bench.json", tmp_path / "bench.csv"
+    assert bench.run(TINY + ["--task", "classification", "mlm", "--json", str(json_path), "--csv", str(csv_path)]) == 0
+    payload = json.loads(json_path.read_text())
+    rows = payload["rows"]
+    expected = {(task, lengths, mode, impl) for task in ("classification", "mlm") for lengths in ("full", "real")
+                for mode in ("train", "inference") for impl in _expected_impls(task)}
+    got = {(r["task"], r["lengths"].split(":")[0], r["mode"], r["impl"]) for r in rows}
+    assert got == expected and len(rows) == len(expected)
+    for r in rows:
+        assert r["tokens_per_s"] > 0 and r["samples_per_s"] > 0 and r["ms"] > 0
+        assert r["real_tokens"] <= r["padded_tokens"]
+        assert r["mfu"] is None and r["cpu_ms"] >= 0  # no GEMM ceiling on the CPU; process CPU time instead
+        if memory.cpu_rss_available():
+            assert r["peak_mem_MB"] > 0
+        if r["impl"] == "bertfast":
+            assert r["vs_hf_eager"] > 0 and r["vs_hf_sdpa"] > 0 and "cpu_vs_hf_sdpa" in r
+    for key in ("device", "torch", "cuda", "commit", "date"):
+        assert key in payload["conditions"]
+    assert payload["settings"]["model"] == ["tiny"] and payload["complete"]
+    if "bertfast" not in {r["impl"] for r in rows}:
+        assert any("bertfast" in n for n in payload["notes"])
+    with open(csv_path, newline="") as f:
+        lines = list(csv.DictReader(f))
+    assert len(lines) == len(rows) and {"device", "torch", "commit", "tokens_per_s"} <= set(lines[0])
+    printed = capsys.readouterr().out
+    assert "tokens/s" in printed and "hf-sdpa" in printed
+
+
+def test_baselines_only_and_one_mode(tmp_path):
+    path = tmp_path / "b.json"
+    bench.run(TINY + ["--no-bertfast", "--baselines", "sdpa", "--mode", "inference", "--lengths", "real",
+                      "--json", str(path)])
+    rows = json.loads(path.read_text())["rows"]
+    assert [(r["impl"], r["mode"], r["lengths"]) for r in rows] == [("hf-sdpa", "inference", "real:rotten_tomatoes")]
+
+
+def test_optimize_rows(tmp_path):
+    path = tmp_path / "b.json"
+    bench.run(TINY + ["--optimize", "--baselines", "sdpa", "--mode", "inference", "--lengths", "full",
+                      "--json", str(path)])
+    payload = json.loads(path.read_text())
+    rows = {r["impl"]: r for r in payload["rows"]}
+    if hasattr(bertfast, "optimize"):
+        assert rows["hf-sdpa+optimize"]["uses_bertfast"] and rows["hf-sdpa+optimize"]["vs_hf_sdpa"] > 0
+    else:
+        assert "hf-sdpa+optimize" not in rows and any("optimize" in n for n in payload["notes"])
+
+
+def test_module_entry_point_help():
+    proc = subprocess.run([sys.executable, "-m", "bertfast.bench", "--help"], capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    assert proc.returncode == 0 and "--baselines" in proc.stdout and "--precision" in proc.stdout
+
+
+@pytest.mark.parametrize("bad", [["--precision", "fp16"], ["--seq-len", "1024"], ["--batch-size", "0"],
+                                 ["--device", "mps"]])
+def test_bad_options_are_clear_errors(bad):
+    with pytest.raises(SystemExit) as info:
+        bench.run(["--device", "cpu", "--model", "tiny"] + bad if bad[0] != "--device" else ["--model", "tiny"] + bad)
+    assert "bertfast bench" in str(info.value)
+
+
+def test_real_batches_follow_the_histogram_and_pad_to_their_longest():
+    g = torch.Generator().manual_seed(0)
+    batches = workloads.make_batches("mlm", 8, 128, "real", 3, g)
+    values, _ = workloads.load_length_histogram("rotten_tomatoes")
+    assert len(batches) == 3
+    for b in batches:
+        assert b.input_ids.shape == (8, max(b.lengths)) and all(n <= 128 for n in b.lengths)
+        assert set(b.lengths) <= set(values.tolist())
+        assert b.attention_mask.sum(1).tolist() == b.lengths
+        assert (b.labels[b.attention_mask == 0] == -100).all() and (b.labels != -100).any(1).all()
+    long = workloads.make_batches("classification", 4, 512, "real", 1, g)[0]
+    assert workloads.real_distribution_for(512) == "squad" and long.labels.shape == (4,)
+    full = workloads.make_batches("classification", 4, 64, "full", 5, g)
+    assert len(full) == 1 and full[0].real_tokens == full[0].padded_tokens == 256
+
+
+def test_flops_count():
+    size = dict(hidden_size=8, num_hidden_layers=2, num_attention_heads=2, intermediate_size=16)
+    per_token = 2 * 2 * (4 * 64 + 2 * 8 * 16)
+    attention = 2 * 4 * (3 * 3 + 5 * 5) * 8
+    head = 2 * 2 * (64 + 16)
+    assert workloads.forward_flops(size, [3, 5], "classification") == 8 * per_token + attention + head
+    assert workloads.step_flops(size, [3, 5], "classification", "train") == 3 * (8 * per_token + attention + head)
+
+
+def test_peak_memory_sees_a_large_allocation():
+    module = torch.nn.Linear(4, 4)
+    optimizer = torch.optim.AdamW(module.parameters())
+    if not memory.cpu_rss_available():
+        pytest.skip("no /proc/self/statm")
+
+    def allocate():
+        x = torch.ones(64 << 20, dtype=torch.uint8)  # 64 MiB, touched
+        return int(x[::4096].sum())
+    peak = memory.peak_bytes(allocate, module, optimizer, False, "cpu")
+    assert peak >= 48 << 20
+
+
+def test_table_and_plot(tmp_path):
+    rows = [{"model": "tiny", "task": "classification", "seq_len": 16, "lengths": "full", "batch_size": 2,
+             "mode": "train", "impl": impl, "precision": "fp32", "ms": ms, "tokens_per_s": 32 / ms * 1e3,
+             "samples_per_s": 2 / ms * 1e3, "peak_mem_MB": 10.0, "tflops": 0.001, "mfu": None}
+            for impl, ms in (("bertfast", 1.0), ("hf-sdpa", 2.0))]
+    table = output.format_table(rows)
+    assert "tokens/s" in table and "MFU" not in table  # all-None columns are dropped
+    markdown = output.format_markdown(rows).splitlines()
+    assert len(markdown) == 4 and markdown[0].startswith("| model") and "bertfast" in markdown[2]
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        with pytest.raises(SystemExit, match="pip install matplotlib"):
+            output.plot(str(tmp_path), rows, {"device": "cpu"})
+        return
+    paths = output.plot(str(tmp_path), rows, {"device": "cpu", "torch": torch.__version__})
+    assert [os.path.basename(p) for p in paths] == ["throughput.png", "memory.png"]
+    assert all(os.path.getsize(p) > 1000 for p in paths)
+
+
+def test_summarize_reads_every_benchmark_shape(tmp_path, capsys):
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "benchmarks"))
+    try:
+        import summarize
+    finally:
+        sys.path.pop(0)
+    payloads = {
+        "bench_a.json": {"conditions": {"device": "cpu"}, "rows": [{"op": "a", "speedup": 2.0, "fused_GBps": 9.5}]},
+        "bench_b.json": {"torch": "x", "cpu_case": {"ms": 1.5, "speedup_vs_sdpa": 1.2},
+                         "gpu": {"seq128": {"nomask_tflops": 300.0}}},
+        "bench_c.json": {"gpu_ce": {"device": "H", "copy_bandwidth_GBps": 4000.0,
+                                    "cases": [{"dtype": "bf16", "speedup": 3.0}, {"dtype": "fp32", "speedup": 2.0}]}},
+        "bench_d.json": {"config": "minilm", "shapes": {"real": {
+            "real_token_fraction": 0.3, "seconds_per_step": {"hf": 2.0, "bertfast": 1.0},
+            "speedup_vs_transformers": {"hf": 1.0, "bertfast": 2.0}}}},
+    }
+    for name, payload in payloads.items():
+        (tmp_path / name).write_text(json.dumps(payload))
+    rows = summarize.main(str(tmp_path))
+    parts = [(r["bench"], r.get("part")) for r in rows]
+    assert parts == [("a", None), ("b", "cpu_case"), ("b", "gpu/seq128"), ("c", "gpu_ce"), ("c", "gpu_ce/cases"),
+                     ("c", "gpu_ce/cases"), ("d", "shapes/real")]
+    assert rows[-1]["speedup_vs_transformers[bertfast]"] == 2.0
+    out = capsys.readouterr().out
+    assert "speedup_vs_sdpa" in out and "nomask_tflops" in out and "fused_GBps" in out
