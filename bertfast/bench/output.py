@@ -1,7 +1,8 @@
 """Rows out: a printed table, JSON, CSV and PNG bar charts."""
 import csv
-import json
 import os
+
+from .._files import atomic_write_json
 
 TABLE_COLUMNS = [("model", "model"), ("task", "task"), ("seq_len", "seq"), ("lengths", "lengths"),
                  ("batch_size", "batch"),
@@ -43,11 +44,7 @@ def format_markdown(rows):
 
 
 def write_json(path, payload):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2)
-    os.replace(tmp, path)
+    atomic_write_json(path, payload)
 
 
 def write_csv(path, rows, conditions):

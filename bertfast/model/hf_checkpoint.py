@@ -7,11 +7,11 @@ Nothing reaches the network: `path` is a local folder.
 import json
 import logging
 import os
-import tempfile
 import warnings
 
 import torch
 
+from .._files import atomic_write
 from .config import BertConfig
 
 logger = logging.getLogger(__name__)
@@ -204,20 +204,6 @@ def from_pretrained(cls, path, *, ignore_mismatched_sizes=False, **config_overri
     return model
 
 
-def _atomic_write(final_path, write):
-    """write(tmp_path), then os.replace: a crash never leaves a half-written file under the final name."""
-    folder = os.path.dirname(final_path)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(final_path) + ".", dir=folder)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, final_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def save_pretrained(model, directory):
     """config.json + model.safetensors in `directory`, in the layout transformers reads:
     separate query/key/value tensors, tied weights stored once (as transformers does)."""
@@ -246,5 +232,5 @@ def save_pretrained(model, directory):
             json.dump(config, f, indent=2, sort_keys=True)
             f.write("\n")
 
-    _atomic_write(os.path.join(directory, SAFETENSORS), lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-    _atomic_write(os.path.join(directory, CONFIG), write_config)
+    atomic_write(os.path.join(directory, SAFETENSORS), lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    atomic_write(os.path.join(directory, CONFIG), write_config)
