@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
-from .encoder import _ACTIVATIONS, BertModel, BertPreTrainedModel
+from .activations import ACTIVATIONS
+from .encoder import BertModel, BertPreTrainedModel
 from .outputs import (MaskedLMOutput, PreTrainingOutput, QuestionAnsweringOutput, SequenceClassifierOutput,
                       TokenClassifierOutput)
 from .packing import unpad_index
@@ -116,7 +117,7 @@ class BertPredictionHeadTransform(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.activation = _ACTIVATIONS[config.hidden_act]
+        self.activation = ACTIVATIONS[config.hidden_act]
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, x):
