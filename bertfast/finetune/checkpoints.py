@@ -18,9 +18,21 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from .._files import atomic_write_bytes, atomic_write_json, fsync_dir, fsync_tree  # noqa: F401 (re-exported)
+from .._files import atomic_write_json, fsync_dir, fsync_tree
 
+FOLDER = "checkpoints"  # under the run's output folder
 POINTER = "POINTER.json"
+
+
+def checkpoints_dir(output):
+    """OUTPUT/checkpoints: where a run keeps its checkpoints."""
+    return os.path.join(output, FOLDER)
+
+
+def has_checkpoint(output):
+    """Whether the run in `output` has written its pointer: a checkpoint to resume from, or the
+    record that it finished. A run without one left nothing worth keeping."""
+    return os.path.exists(os.path.join(checkpoints_dir(output), POINTER))
 
 
 def write_folder(parent, name, fill):
@@ -80,8 +92,7 @@ def save_training_state(checkpoints_dir, step, model, optimizer, scheduler, scal
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "scaler": scaler.state_dict() if scaler is not None else None, "rng": rng_states},
                    os.path.join(tmp, "training_state.pt"))
-        with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
-            json.dump(trainer_state, f, indent=2)
+        atomic_write_json(os.path.join(tmp, "trainer_state.json"), trainer_state)
 
     write_folder(checkpoints_dir, name, fill)
     return name

@@ -1,24 +1,13 @@
 """Running a fine-tuned model over features (in evaluation and `bertfast predict`), turning its
 outputs into per-example predictions, and scoring them."""
-import contextlib
-
 import numpy as np
 import torch
 
+from .._precision import autocast
 from . import metrics
 from .data.batching import collate, eval_order
 from .distributed import DistContext, all_gather_objects
 from .qa_postprocess import best_answers
-
-
-def autocast(device, precision):
-    """Mixed precision context: bf16 on CPU or GPU, fp16 on GPU only; fp32 does nothing."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError("--precision fp16 needs a CUDA GPU; on the CPU use bf16 or fp32")
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 @torch.no_grad()

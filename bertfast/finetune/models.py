@@ -1,12 +1,13 @@
-"""The one place the trainer gets its models from: bertfast's own BERT classes when the package
-has them, else the `transformers` classes of the same API, always from a local folder."""
-import contextlib
-import io
+"""The one place the trainer, `bertfast predict` and `bertfast evaluate` get their models from:
+bertfast's own BERT classes, always from a local folder (a Hugging Face checkpoint or one made
+by `bertfast finetune`)."""
 import json
 import logging
 import os
 import shutil
 import warnings
+
+from .._files import atomic_write_json
 
 MODEL_CLASS = {
     "classify": "BertForSequenceClassification",
@@ -21,11 +22,7 @@ TASK_FILE = "bertfast_task.json"  # task, labels and tokenization settings saved
 
 def model_class(task):
     import bertfast
-    name = MODEL_CLASS[task]
-    if hasattr(bertfast, name):
-        return getattr(bertfast, name)
-    import transformers
-    return getattr(transformers, name)
+    return getattr(bertfast, MODEL_CLASS[task])
 
 
 def check_model_dir(model_dir):
@@ -53,18 +50,6 @@ def load_model(task, model_dir, labels=None):
                   "label2id": {name: i for i, name in enumerate(labels)}}
         if task != "tag":
             kwargs["problem_type"] = "single_label_classification"
-    if cls.__module__.startswith("transformers"):
-        kwargs["local_files_only"] = True
-        # transformers warns about the new head on stderr; we report it ourselves.
-        previous = logging.getLogger("transformers").level
-        logging.getLogger("transformers").setLevel(logging.ERROR)
-        try:
-            with contextlib.redirect_stderr(io.StringIO()):
-                model, info = cls.from_pretrained(model_dir, output_loading_info=True, **kwargs)
-        finally:
-            logging.getLogger("transformers").setLevel(previous)
-        missing = sorted(info.get("missing_keys", []))
-        return model, [f"new, randomly initialised: {', '.join(missing)}"] if missing else []
     previous = logging.getLogger("bertfast").level
     logging.getLogger("bertfast").setLevel(logging.ERROR)  # said once, in our log line
     try:
@@ -85,18 +70,12 @@ def label_names(model):
 def save_model_files(model, source_dir, task_info, target_dir):
     """A complete model folder: weights and config (save_pretrained), the tokenizer files of the
     source checkpoint and our task file. `transformers` can load it back."""
-    if type(model).__module__.startswith("transformers"):
-        from transformers.utils import logging as hf_logging
-        hf_logging.disable_progress_bar()  # no "Writing model shards" bar in our output
-        model.save_pretrained(target_dir, safe_serialization=True)
-    else:
-        model.save_pretrained(target_dir)  # bertfast's own classes write safetensors
+    model.save_pretrained(target_dir)  # safetensors
     for name in TOKENIZER_FILES:
         src = os.path.join(source_dir, name)
         if os.path.exists(src):
             shutil.copyfile(src, os.path.join(target_dir, name))
-    with open(os.path.join(target_dir, TASK_FILE), "w") as f:
-        json.dump(task_info, f, indent=2)
+    atomic_write_json(os.path.join(target_dir, TASK_FILE), task_info)
 
 
 def read_task_info(model_dir):

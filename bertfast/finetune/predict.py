@@ -7,8 +7,8 @@ import torch
 from . import evaluation
 from .data import Columns, check_known_labels, load_examples
 from .distributed import resolve_device
-from .tokenization import BertTokenizer, encode_qa_examples, encode_tag_examples, encode_text_examples
-from .checkpoints import atomic_write_bytes
+from .._files import atomic_write_text
+from .tokenization import BertTokenizer, encode_examples
 from .models import check_model_dir, label_names, load_model, read_task_info
 
 
@@ -26,14 +26,6 @@ def _load(model_dir, task, device, max_length):
     return info, task, tok, model, labels, max_length
 
 
-def _features(task, tok, examples, info, max_length):
-    if task == "qa":
-        return encode_qa_examples(tok, examples, max_length, info.get("doc_stride", 128))
-    if task == "tag":
-        return encode_tag_examples(tok, examples, max_length)
-    return encode_text_examples(tok, examples, max_length)
-
-
 def _columns(info):
     return Columns(info.get("text_column"), info.get("text_pair_column"), info.get("label_column"))
 
@@ -44,7 +36,7 @@ def _run(model_dir, data, task, device, precision, batch_size, max_length, need_
     examples = load_examples(task, data, _columns(info), need_labels=need_labels)
     if need_labels:
         check_known_labels(task, examples, labels, data)
-    features, truncated = _features(task, tok, examples, info, max_length)
+    features, truncated = encode_examples(task, tok, examples, max_length, info.get("doc_stride", 128))
     outputs = evaluation.model_outputs(model, task, features, batch_size, device, precision, tok.pad_id)
     predictions = evaluation.decode(task, examples, features, outputs, labels)
     return task, examples, predictions, labels, truncated
@@ -71,7 +63,7 @@ def predict(model_dir, input_path, output_path, task=None, device="auto", precis
                 record["text_pair"] = ex.text_pair
             record.update(pred)
         lines.append(json.dumps(record, ensure_ascii=False))
-    atomic_write_bytes(output_path, ("\n".join(lines) + "\n").encode())
+    atomic_write_text(output_path, "\n".join(lines) + "\n")
     return len(lines), truncated
 
 

@@ -196,3 +196,13 @@ def _is_max_context(spans, span, token):
             return -1.0
         return min(token - s, e - 1 - token) + 0.01 * (e - s)
     return max(spans, key=score) == span
+
+
+def encode_examples(task, tok, examples, max_length, doc_stride=128, label_to_id=None):
+    """Any task's examples -> (features, number truncated): the one dispatch used by training,
+    evaluation and prediction. label_to_id as in encode_text_examples (not used by qa)."""
+    if task == "qa":
+        return encode_qa_examples(tok, examples, max_length, doc_stride)
+    if task == "tag":
+        return encode_tag_examples(tok, examples, max_length, label_to_id)
+    return encode_text_examples(tok, examples, max_length, label_to_id)

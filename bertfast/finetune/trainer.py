@@ -20,11 +20,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import _precision
+from .._files import atomic_write_json, atomic_write_text, empty_folder, fsync_dir, fsync_tree
 from . import checkpoints as ckpt
 from . import distributed, evaluation, metrics
 from .data import Columns, DataError, check_known_labels, label_list, load_examples
 from .data.batching import collate, epoch_batches, loss_items, shard
-from .tokenization import BertTokenizer, encode_qa_examples, encode_tag_examples, encode_text_examples
+from .tokenization import IGNORE_INDEX, BertTokenizer, encode_examples
 from .models import check_model_dir, load_model, save_model_files
 
 EVAL_LOG = "eval_log.jsonl"
@@ -96,14 +98,6 @@ class Log:
         self.pending = []
 
 
-def _encode(task, tok, examples, cfg, label_to_id):
-    if task == "qa":
-        return encode_qa_examples(tok, examples, cfg.max_length, cfg.doc_stride)
-    if task == "tag":
-        return encode_tag_examples(tok, examples, cfg.max_length, label_to_id)
-    return encode_text_examples(tok, examples, cfg.max_length, label_to_id)
-
-
 def _loss_sum(task, out, batch):
     """Sum (not mean) of the per-item losses, so that accumulation and DDP can divide by the
     number of items of the whole optimizer step."""
@@ -116,7 +110,280 @@ def _loss_sum(task, out, batch):
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["labels"].reshape(-1), reduction="sum")
 
 
-def _optimizer(model, cfg, device):
+def _maybe_die(point):
+    """Test hook: BERTFAST_TEST_DIE_AT=<point> ends the process abruptly there (as a kill would)."""
+    if os.environ.get("BERTFAST_TEST_DIE_AT") == point:
+        os._exit(17)
+
+
+# ---- before any file is written: the settings, the inputs and the output folder ----
+
+def finetune(cfg: FinetuneConfig):
+    """Train; returns {"output", "eval" (last metrics), "best" (metrics), "steps", "seconds"}."""
+    ctx = distributed.init(cfg.device)
+    try:
+        return _finetune(cfg, ctx)
+    finally:
+        distributed.shutdown(ctx)
+
+
+def _finetune(cfg, ctx):
+    log = Log(ctx, cfg.quiet)
+    if cfg.resume:  # a resumed run takes its arguments from the run it continues
+        cfg = _resumed_config(cfg)
+    _check_settings(cfg, ctx.device)
+    tok, labels, train_examples, eval_examples = _read_inputs(cfg)
+    created = _rank0_check(ctx, lambda: _prepare_output(cfg))
+    try:
+        return _train(cfg, ctx, log, tok, labels, train_examples, eval_examples)
+    except BaseException:
+        # A new run that failed before its first checkpoint leaves nothing behind.
+        if ctx.is_main and not cfg.resume and not ckpt.has_checkpoint(cfg.output):
+            _remove_failed_start(cfg.output, created)
+        raise
+
+
+def _check_settings(cfg, device):
+    try:
+        _precision.check(device, cfg.precision)
+    except ValueError as e:
+        raise FinetuneError(str(e)) from None
+    for name in ("batch_size", "gradient_accumulation", "max_length"):
+        if getattr(cfg, name) < 1:
+            raise FinetuneError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.epochs <= 0:
+        raise FinetuneError(f"--epochs must be positive, got {cfg.epochs}")
+
+
+def _read_inputs(cfg):
+    """(tokenizer, labels, training examples, evaluation examples or None). Everything that can
+    fail on bad input is checked here, before a file is written."""
+    try:
+        check_model_dir(cfg.model)
+        tok = BertTokenizer(cfg.model)
+    except Exception as e:  # missing folder, no tokenizer, no weights, no special tokens
+        raise FinetuneError(f"--model {cfg.model}: {e}") from None
+    columns = Columns(cfg.text_column, cfg.text_pair_column, cfg.label_column)
+    train_examples = load_examples(cfg.task, cfg.train, columns)
+    if cfg.max_train_examples:
+        train_examples = train_examples[:cfg.max_train_examples]
+    labels = label_list(cfg.task, train_examples)
+    if labels is not None and len(labels) < 2:
+        raise DataError(f"{cfg.train}: only one label ({labels[0]!r}) in the training data; need at least two")
+    eval_examples = None
+    if cfg.eval:
+        eval_examples = load_examples(cfg.task, cfg.eval, columns)
+        check_known_labels(cfg.task, eval_examples, labels, cfg.eval)
+    return tok, labels, train_examples, eval_examples
+
+
+def _prepare_output(cfg):
+    """Check (rank 0) that the output folder can be written and fits --resume; returns whether
+    this call created it, so a failed start can remove it again."""
+    out = cfg.output
+    if cfg.resume:
+        _check_resumable(out)
+        return False
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise FinetuneError(f"--output {out} exists and is not a folder")
+    if os.path.isdir(out) and os.listdir(out) and not cfg.overwrite:
+        raise FinetuneError(f"--output {out} is not empty; continue its run with --resume, "
+                            "replace it with --overwrite, or choose another folder")
+    created = not os.path.exists(out)
+    try:
+        os.makedirs(out, exist_ok=True)
+        probe = os.path.join(out, f".write-test-{os.getpid()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise FinetuneError(f"--output {out} cannot be written: {e.strerror or e}") from None
+    if cfg.overwrite:
+        empty_folder(out)
+    return created
+
+
+def _check_resumable(out):
+    pointer = ckpt.read_pointer(ckpt.checkpoints_dir(out)) if os.path.isdir(out) else None
+    if pointer is not None and pointer.get("latest"):
+        return
+    if pointer is not None and pointer.get("finished"):
+        raise FinetuneError(f"--resume: the run in {out} has already finished; its model is in {out}")
+    hint = " (the run there stopped before its first checkpoint: start it again with --overwrite)" \
+        if os.path.isdir(out) and os.listdir(out) else ""
+    raise FinetuneError(f"--resume: nothing to resume in {out}: no checkpoint there{hint}")
+
+
+def _remove_failed_start(out, created):
+    if created:
+        shutil.rmtree(out, ignore_errors=True)
+    elif os.path.isdir(out):  # it was empty (or --overwrite emptied it)
+        empty_folder(out, ignore_errors=True)
+
+
+def _rank0_check(ctx, fn):
+    """Run fn on rank 0 only; an error there is raised on every rank."""
+    result, error = None, None
+    if ctx.is_main:
+        try:
+            result = fn()
+        except (FinetuneError, OSError) as e:
+            error = str(e)
+    error = distributed.broadcast_object(ctx, error)
+    if error is not None:
+        raise FinetuneError(error)
+    return result
+
+
+def _resumed_config(cfg):
+    path = os.path.join(cfg.output, RUN_ARGS)
+    if not os.path.exists(path):
+        raise FinetuneError(f"--resume: nothing to resume in {cfg.output} (no {RUN_ARGS})")
+    with open(path) as f:
+        saved = json.load(f)
+    merged = dataclasses.replace(cfg, **{k: v for k, v in saved.items() if k in DETERMINING and k != "world_size"})
+    merged.eval = saved.get("eval", cfg.eval) if cfg.eval is None else cfg.eval
+    merged.eval_every = saved.get("eval_every", cfg.eval_every)
+    merged.save_every = saved.get("save_every", cfg.save_every)
+    merged.max_train_examples = saved.get("max_train_examples", 0)
+    merged.keep_checkpoints = saved.get("keep_checkpoints", cfg.keep_checkpoints) or cfg.keep_checkpoints
+    return merged
+
+
+# ---- the run: its data, model, plan and state ----
+
+@dataclass
+class Data:
+    """The encoded inputs of a run."""
+    features: list                    # training features (tagging: only those with a labelled token)
+    labels: Optional[list]            # class or tag names; None for regression and QA
+    pad_id: int
+    eval_examples: Optional[list] = None
+    eval_features: Optional[list] = None
+
+    @property
+    def lengths(self):
+        return [len(f.input_ids) for f in self.features]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How the optimizer steps are made up. A step takes step_size examples: micro-batches of
+    global_batch, each split across ranks. The epoch order is built over whole steps, so
+    accumulation and DDP change how a step is computed, never which examples it holds."""
+    global_batch: int                 # examples of one micro-batch, all ranks together
+    step_size: int                    # examples of one optimizer step
+    steps_per_epoch: int
+    epoch_steps: tuple                # optimizer steps of each epoch (a fractional last one is shorter)
+    warmup_steps: int
+
+    @property
+    def total_steps(self):
+        return sum(self.epoch_steps)
+
+
+@dataclass
+class Run:
+    """What the steps of one run work with; built once by _build."""
+    cfg: FinetuneConfig
+    ctx: distributed.DistContext
+    model: torch.nn.Module
+    train_module: torch.nn.Module     # the model, or its DistributedDataParallel wrapper
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: Optional[object]          # GradScaler for fp16, else None
+    plan: Plan
+    task_info: dict                   # saved with every model folder (bertfast_task.json)
+
+    @property
+    def ckpt_dir(self):
+        return ckpt.checkpoints_dir(self.cfg.output)
+
+
+def _train(cfg, ctx, log, tok, labels, train_examples, eval_examples):
+    if ctx.is_main:
+        os.makedirs(ckpt.checkpoints_dir(cfg.output), exist_ok=True)
+        log.to_file(os.path.join(cfg.output, TRAIN_LOG))
+    data = _encode(cfg, log, tok, labels, train_examples, eval_examples)
+    run = _build(cfg, ctx, log, data)
+    state, pointer = _restore(run, log, _run_args(cfg, ctx, labels))
+    log(_describe(run))
+    progress = Progress(cfg, ctx, run.plan.total_steps, state["global_step"])
+    while state["epoch"] < len(run.plan.epoch_steps):
+        groups = _epoch_groups(run.plan, data.lengths, cfg.seed, state["epoch"])
+        _check_order(state, groups)
+        for group in groups[state["step_in_epoch"]:]:
+            _train_step(run, data, state, pointer, progress, group, len(groups))
+    seconds = progress.close()
+    if ctx.is_main:
+        _finish(cfg, run.model, run.task_info, pointer, run.ckpt_dir)
+    if ctx.enabled:
+        torch.distributed.barrier()
+    log(_farewell(cfg, state))
+    return {"output": cfg.output, "eval": state["last_eval"], "best": state["best"], "steps": state["global_step"],
+            "seconds": seconds, "labels": labels}
+
+
+def _encode(cfg, log, tok, labels, train_examples, eval_examples):
+    label_to_id = {name: i for i, name in enumerate(labels)} if labels else None
+    features, truncated = encode_examples(cfg.task, tok, train_examples, cfg.max_length, cfg.doc_stride, label_to_id)
+    what = "questions" if cfg.task == "qa" else "texts"
+    log(f"train: {len(train_examples)} examples from {cfg.train} -> {len(features)} inputs"
+        + (f"; {truncated} {what} longer than --max-length {cfg.max_length} tokens were truncated" if truncated else ""))
+    if cfg.task == "tag":  # sentences with no labelled token would divide by zero
+        features = [f for f in features if any(t != IGNORE_INDEX for t in f.label)]
+    data = Data(features, labels, tok.pad_id)
+    if eval_examples is not None:
+        data.eval_examples = eval_examples
+        data.eval_features, eval_truncated = encode_examples(cfg.task, tok, eval_examples, cfg.max_length,
+                                                             cfg.doc_stride, label_to_id)
+        log(f"eval: {len(eval_examples)} examples from {cfg.eval}"
+            + (f"; {eval_truncated} {what} truncated to --max-length {cfg.max_length}" if eval_truncated else ""))
+    return data
+
+
+def _build(cfg, ctx, log, data):
+    model, train_module = _seeded_model(cfg, ctx, log, data.labels)
+    plan = _schedule(len(data.features), cfg, ctx.world_size)
+    optimizer = _optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_schedule(plan.total_steps, plan.warmup_steps))
+    scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
+    task_info = {"task": cfg.task, "max_length": cfg.max_length, "doc_stride": cfg.doc_stride,
+                 "text_column": cfg.text_column, "text_pair_column": cfg.text_pair_column,
+                 "label_column": cfg.label_column, "labels": data.labels, "base_model": os.path.abspath(cfg.model)}
+    return Run(cfg, ctx, model, train_module, optimizer, scheduler, scaler, plan, task_info)
+
+
+def _seeded_model(cfg, ctx, log, labels):
+    """(model, the module training calls): a new head initialised from --seed, the same on every
+    rank; dropout seeded per rank."""
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    model, notes = load_model(cfg.task, cfg.model, labels)
+    log(f"model: {type(model).__module__}.{type(model).__name__} from {cfg.model}" + "".join(f"; {n}" for n in notes))
+    model.to(ctx.device)
+    model.train()
+    torch.manual_seed(cfg.seed + 1000003 * ctx.rank)  # dropout differs between ranks
+    if not ctx.enabled:
+        return model, model
+    device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    return model, torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+def _schedule(n_features, cfg, world_size):
+    """The Plan of a run over n_features training inputs."""
+    global_batch = cfg.batch_size * world_size
+    step_size = global_batch * cfg.gradient_accumulation
+    steps_per_epoch = math.ceil(n_features / step_size)
+    full_epochs, fraction = int(cfg.epochs), cfg.epochs - int(cfg.epochs)
+    epoch_steps = [steps_per_epoch] * full_epochs + ([max(1, round(fraction * steps_per_epoch))] if fraction > 0 else [])
+    return Plan(global_batch, step_size, steps_per_epoch, tuple(epoch_steps), int(cfg.warmup_ratio * sum(epoch_steps)))
+
+
+def _optimizer(model, cfg):
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
@@ -136,322 +403,236 @@ def _linear_schedule(total_steps, warmup_steps):
     return factor
 
 
+def _fresh_state():
+    """The trainer state a checkpoint carries: the data position, the best evaluation, counters."""
+    return {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_metric": None, "best_step": None,
+            "best": None, "last_eval": None, "tokens": 0}
+
+
+def _run_args(cfg, ctx, labels):
+    return {**dataclasses.asdict(cfg), "world_size": ctx.world_size, "labels": labels}
+
+
+def _restore(run, log, run_args):
+    """(trainer state, checkpoint pointer): fresh ones for a new run (whose arguments are saved
+    now), else those of the last checkpoint, whose weights, optimizer, scheduler, scaler and RNG
+    states are loaded in place."""
+    cfg, ctx = run.cfg, run.ctx
+    if not cfg.resume:
+        if ctx.is_main:
+            atomic_write_json(os.path.join(cfg.output, RUN_ARGS), run_args)
+        return _fresh_state(), {"latest": None, "best": None}
+    pointer = ckpt.read_pointer(run.ckpt_dir)
+    _check_same_run(cfg.output, run_args)
+    state, rng_states = ckpt.load_training_state(run.ckpt_dir, pointer["latest"], run.model, run.optimizer,
+                                                 run.scheduler, run.scaler, ctx.device)
+    ckpt.set_rng_state(rng_states[ctx.rank])
+    log(f"resumed from {os.path.join(run.ckpt_dir, pointer['latest'])} "
+        f"(step {state['global_step']} of {run.plan.total_steps})")
+    if ctx.is_main:
+        _truncate_eval_log(os.path.join(cfg.output, EVAL_LOG), state["global_step"])
+    return state, pointer
+
+
+def _check_same_run(out_dir, run_args):
+    """A resumed run must have the DETERMINING arguments of the run it continues."""
+    with open(os.path.join(out_dir, RUN_ARGS)) as f:
+        saved = json.load(f)
+    changed = [k for k in DETERMINING if saved.get(k) != run_args.get(k)]
+    if changed:
+        raise FinetuneError(f"--resume: the run in {out_dir} used other settings for {', '.join(changed)} "
+                            f"({', '.join(f'{k}={saved.get(k)!r}' for k in changed)})")
+
+
+def _describe(run):
+    cfg, ctx, plan = run.cfg, run.ctx, run.plan
+    return (f"training: {plan.total_steps} steps ({cfg.epochs} epochs of {plan.steps_per_epoch}), batch {cfg.batch_size}"
+            + (f" x {ctx.world_size} processes" if ctx.enabled else "")
+            + (f" x {cfg.gradient_accumulation} accumulated" if cfg.gradient_accumulation > 1 else "")
+            + f", lr {cfg.lr}, {cfg.precision} on {ctx.device}")
+
+
+def _farewell(cfg, state):
+    best = state["best"]
+    return (f"model saved to {os.path.abspath(cfg.output)}"
+            + (f" (best checkpoint: step {state['best_step']}, {metrics.main_metric(cfg.task, best)} "
+               f"{state['best_metric']:.4f})" if best else ""))
+
+
+class Progress:
+    """The progress bar (rank 0, unless --no-progress), with the loss and this process's tokens/s."""
+
+    def __init__(self, cfg, ctx, total_steps, done_steps):
+        from tqdm import tqdm
+        self.bar = tqdm(total=total_steps, initial=done_steps, disable=not (cfg.progress and ctx.is_main),
+                        desc=f"finetune {cfg.task}", unit="step", dynamic_ncols=True, file=sys.stderr)
+        self.start, self.tokens = time.time(), 0
+
+    def step(self, tokens, loss_ema):
+        self.tokens += tokens
+        elapsed = time.time() - self.start
+        self.bar.set_postfix(loss=f"{loss_ema:.4f}", tok_s=f"{self.tokens / max(elapsed, 1e-9):,.0f}", refresh=False)
+        self.bar.update(1)
+
+    def write(self, message):
+        self.bar.write(message)
+
+    def close(self):
+        """Seconds since the start."""
+        self.bar.close()
+        return time.time() - self.start
+
+
+# ---- the steps ----
+
+def _epoch_groups(plan, lengths, seed, epoch):
+    """The optimizer steps of one epoch, each a list of global micro-batches (feature indices):
+    a function of (seed, epoch) and the plan only."""
+    steps = epoch_batches(lengths, plan.step_size, seed, epoch)[:plan.epoch_steps[epoch]]
+    return [[step[i:i + plan.global_batch] for i in range(0, len(step), plan.global_batch)] for step in steps]
+
+
 def _order_digest(groups):
     return hashlib.sha256(json.dumps(groups).encode()).hexdigest()[:16]
 
 
-def _maybe_die(point):
-    """Test hook: BERTFAST_TEST_DIE_AT=<point> ends the process abruptly there (as a kill would)."""
-    if os.environ.get("BERTFAST_TEST_DIE_AT") == point:
-        os._exit(17)
+def _check_order(state, groups):
+    """A run resumed inside an epoch must see the batches that epoch began with."""
+    digest = _order_digest(groups)
+    if state.get("order_digest") not in (None, digest) and state["step_in_epoch"] > 0:
+        raise FinetuneError("--resume: the training data no longer gives the same batches as the checkpoint")
+    state["order_digest"] = digest
 
 
-def _prepare_output(cfg, ctx):
-    """Check (rank 0) that the output folder can be written and fits --resume; returns whether
-    this call created it, so a failed start can remove it again."""
-    out = cfg.output
-    pointer = ckpt.read_pointer(os.path.join(out, "checkpoints")) if os.path.isdir(out) else None
-    if cfg.resume:
-        if pointer is None or not pointer.get("latest"):
-            if pointer is not None and pointer.get("finished"):
-                raise FinetuneError(f"--resume: the run in {out} has already finished; its model is in {out}")
-            hint = " (the run there stopped before its first checkpoint: start it again with --overwrite)" \
-                if os.path.isdir(out) and os.listdir(out) else ""
-            raise FinetuneError(f"--resume: nothing to resume in {out}: no checkpoint there{hint}")
+def _train_step(run, data, state, pointer, progress, group, steps_in_epoch):
+    """One optimizer step, then what the eval/save policy asks for at its end."""
+    loss_sum, tokens, n_items = _step(run, data, group)
+    end_of_epoch = _advance(state, loss_sum, tokens, n_items, steps_in_epoch)
+    progress.step(tokens, state["loss_ema"])
+    _maybe_die(f"step:{state['global_step']}")
+    do_eval, do_save = _due(run.cfg, state["global_step"], end_of_epoch, data.eval_features is not None)
+    eval_metrics = _evaluate(run, data, state, progress) if do_eval else None
+    if do_save:
+        _checkpoint(run, state, pointer, eval_metrics)
+
+
+def _step(run, data, group):
+    """Forward and backward of each global micro-batch of `group` (this rank's share of it),
+    gradients synchronised on the last, then the update. Returns (summed loss, tokens, loss
+    items) of the whole step over all ranks; the loss is normalised by the step's items."""
+    n_items = sum(loss_items(run.cfg.task, data.features, batch) for batch in group)
+    loss_sum, tokens = 0.0, 0
+    for j, global_batch in enumerate(group):
+        micro_loss, micro_tokens = _micro_batch(run, data, global_batch, n_items, sync=j == len(group) - 1)
+        loss_sum += micro_loss
+        tokens += micro_tokens
+    _update(run)
+    loss_sum, tokens = distributed.sum_floats(run.ctx, [loss_sum, tokens], run.ctx.device)
+    return loss_sum, int(tokens), n_items
+
+
+def _micro_batch(run, data, global_batch, n_items, sync):
+    """Backward of this rank's share of one global micro-batch; returns (its summed loss, its
+    tokens). A rank with no share (fewer items than ranks) takes part with zero weight."""
+    cfg, ctx = run.cfg, run.ctx
+    local, weight = shard(global_batch, ctx.rank, ctx.world_size), 1.0
+    if not local:
+        local, weight = [global_batch[0]], 0.0
+    batch = {k: v.to(ctx.device, non_blocking=True) for k, v in collate(cfg.task, data.features, local, data.pad_id).items()}
+    with contextlib.nullcontext() if sync or not ctx.enabled else run.train_module.no_sync():
+        with _precision.autocast(ctx.device, cfg.precision):
+            out = run.train_module(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                   token_type_ids=batch["token_type_ids"])
+        loss_sum = _loss_sum(cfg.task, out, batch) * weight
+        loss = loss_sum * (ctx.world_size / max(n_items, 1))
+        (run.scaler.scale(loss) if run.scaler is not None else loss).backward()
+    return float(loss_sum.detach()), int(batch["attention_mask"].sum()) if weight else 0
+
+
+def _update(run):
+    """Unscale (fp16), clip, step the optimizer and the schedule, clear the gradients."""
+    optimizer, scaler = run.optimizer, run.scaler
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    if run.cfg.max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.max_grad_norm)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    run.scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def _advance(state, loss_sum, tokens, n_items, steps_in_epoch):
+    """Count a finished step in the state; returns whether it ended its epoch."""
+    state["global_step"] += 1
+    state["step_in_epoch"] += 1
+    state["tokens"] += tokens
+    mean_loss = loss_sum / max(n_items, 1)
+    # in the checkpoint, so a resumed run logs the same losses
+    state["loss_ema"] = mean_loss if state.get("loss_ema") is None else 0.9 * state["loss_ema"] + 0.1 * mean_loss
+    if state["step_in_epoch"] < steps_in_epoch:
         return False
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise FinetuneError(f"--output {out} exists and is not a folder")
-    if os.path.isdir(out) and os.listdir(out) and not cfg.overwrite:
-        raise FinetuneError(f"--output {out} is not empty; continue its run with --resume, "
-                            "replace it with --overwrite, or choose another folder")
-    created = not os.path.exists(out)
-    try:
-        os.makedirs(out, exist_ok=True)
-        probe = os.path.join(out, f".write-test-{os.getpid()}")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as e:
-        if created:
-            shutil.rmtree(out, ignore_errors=True)
-        raise FinetuneError(f"--output {out} cannot be written: {e.strerror or e}") from None
-    if cfg.overwrite:
-        for name in os.listdir(out):
-            path = os.path.join(out, name)
-            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-    return created
+    state["epoch"] += 1
+    state["step_in_epoch"] = 0
+    return True
 
 
-def _rank0_check(ctx, fn):
-    """Run fn on rank 0 only; an error there is raised on every rank."""
-    result, error = None, None
+def _due(cfg, step, end_of_epoch, has_eval):
+    """(evaluate?, save?) after optimizer step `step`: evaluate at each epoch end and every
+    --eval-every steps (when there is eval data); save at each evaluation, each epoch end and
+    every --save-every steps."""
+    do_eval = has_eval and bool(end_of_epoch or (cfg.eval_every and step % cfg.eval_every == 0))
+    do_save = do_eval or end_of_epoch or bool(cfg.save_every and step % cfg.save_every == 0)
+    return do_eval, do_save
+
+
+def _evaluate(run, data, state, progress):
+    """Metrics on the eval data (all ranks take part), logged in eval_log.jsonl by rank 0."""
+    cfg, ctx = run.cfg, run.ctx
+    outputs = evaluation.model_outputs(run.model, cfg.task, data.eval_features, 2 * cfg.batch_size, ctx.device,
+                                       cfg.precision, data.pad_id, ctx)
+    predictions = evaluation.decode(cfg.task, data.eval_examples, data.eval_features, outputs, data.labels)
+    eval_metrics = evaluation.score(cfg.task, data.eval_examples, predictions, data.labels)
+    state["last_eval"] = eval_metrics
     if ctx.is_main:
-        try:
-            result = fn()
-        except (FinetuneError, OSError) as e:
-            error = str(e)
-    error = distributed.broadcast_object(ctx, error)
-    if error is not None:
-        raise FinetuneError(error)
-    return result
+        record = {"step": state["global_step"], "epoch": round(state["global_step"] / run.plan.steps_per_epoch, 4),
+                  "train_loss": round(state["loss_ema"], 6), **eval_metrics}
+        _append_jsonl(os.path.join(cfg.output, EVAL_LOG), record)
+        progress.write(f"step {state['global_step']}: " + ", ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()))
+    return eval_metrics
 
 
-def finetune(cfg: FinetuneConfig):
-    """Train; returns {"output", "eval" (last metrics), "best" (metrics), "steps", "seconds"}."""
-    ctx = distributed.init(cfg.device)
-    try:
-        return _finetune(cfg, ctx)
-    finally:
-        distributed.shutdown(ctx)
+def _checkpoint(run, state, pointer, eval_metrics):
+    """Save at an optimizer-step boundary (all ranks take part; rank 0 writes): the model folder
+    when `eval_metrics` is the best so far, the training state, then the pointer."""
+    rngs = distributed.all_gather_objects(run.ctx, ckpt.rng_state())
+    if not run.ctx.is_main:
+        return
+    best_name = _save_if_best(run, state, eval_metrics) or pointer.get("best")
+    latest = ckpt.save_training_state(run.ckpt_dir, state["global_step"], run.model, run.optimizer, run.scheduler,
+                                      run.scaler, rngs, state)
+    _maybe_die(f"save:{state['global_step']}")
+    pointer.update(latest=latest, best=best_name)
+    ckpt.write_pointer(run.ckpt_dir, pointer)
 
 
-def _finetune(cfg, ctx):
-    log = Log(ctx, cfg.quiet)
-    device = ctx.device
-    if cfg.resume:  # a resumed run takes its arguments from the run it continues
-        cfg = _resumed_config(cfg)
-    if cfg.precision not in ("fp32", "bf16", "fp16"):
-        raise FinetuneError(f"--precision {cfg.precision}: choose fp32, bf16 or fp16")
-    if cfg.precision == "fp16" and device.type != "cuda":
-        raise FinetuneError("--precision fp16 needs a CUDA GPU (loss scaling); on the CPU use bf16 or fp32")
-    for name in ("batch_size", "gradient_accumulation", "max_length"):
-        if getattr(cfg, name) < 1:
-            raise FinetuneError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
-    if cfg.epochs <= 0:
-        raise FinetuneError(f"--epochs must be positive, got {cfg.epochs}")
-
-    # Everything that can fail on bad input is checked before a file is written.
-    try:
-        check_model_dir(cfg.model)
-        tok = BertTokenizer(cfg.model)
-    except Exception as e:  # missing folder, no tokenizer, no weights, no special tokens
-        raise FinetuneError(f"--model {cfg.model}: {e}") from None
-    columns = Columns(cfg.text_column, cfg.text_pair_column, cfg.label_column)
-    train_examples = load_examples(cfg.task, cfg.train, columns)
-    if cfg.max_train_examples:
-        train_examples = train_examples[:cfg.max_train_examples]
-    labels = label_list(cfg.task, train_examples)
-    if labels is not None and len(labels) < 2:
-        raise DataError(f"{cfg.train}: only one label ({labels[0]!r}) in the training data; need at least two")
-    eval_examples = None
-    if cfg.eval:
-        eval_examples = load_examples(cfg.task, cfg.eval, columns)
-        check_known_labels(cfg.task, eval_examples, labels, cfg.eval)
-    created = _rank0_check(ctx, lambda: _prepare_output(cfg, ctx))
-    try:
-        return _train(cfg, ctx, log, tok, labels, train_examples, eval_examples)
-    except BaseException:
-        # A new run that failed before its first checkpoint leaves nothing behind.
-        if ctx.is_main and not cfg.resume and not os.path.exists(os.path.join(cfg.output, "checkpoints", ckpt.POINTER)):
-            if created:
-                shutil.rmtree(cfg.output, ignore_errors=True)
-            elif os.path.isdir(cfg.output):  # it was empty (or --overwrite emptied it)
-                for name in os.listdir(cfg.output):
-                    path = os.path.join(cfg.output, name)
-                    shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
-        raise
+def _save_if_best(run, state, eval_metrics):
+    """The name of a new best-N model folder when eval_metrics beats the best so far, else None."""
+    if eval_metrics is None:
+        return None
+    key = metrics.main_metric(run.cfg.task, eval_metrics)
+    if state["best_metric"] is not None and not eval_metrics[key] > state["best_metric"]:
+        return None
+    state.update(best_metric=eval_metrics[key], best_step=state["global_step"], best=eval_metrics)
+    name = f"best-{state['global_step']:08d}"
+    ckpt.write_folder(run.ckpt_dir, name, lambda tmp: save_model_files(run.model, run.cfg.model, run.task_info, tmp))
+    return name
 
 
-def _resumed_config(cfg):
-    path = os.path.join(cfg.output, RUN_ARGS)
-    if not os.path.exists(path):
-        raise FinetuneError(f"--resume: nothing to resume in {cfg.output} (no {RUN_ARGS})")
-    with open(path) as f:
-        saved = json.load(f)
-    merged = dataclasses.replace(cfg, **{k: v for k, v in saved.items() if k in DETERMINING and k != "world_size"})
-    merged.eval = saved.get("eval", cfg.eval) if cfg.eval is None else cfg.eval
-    merged.eval_every = saved.get("eval_every", cfg.eval_every)
-    merged.save_every = saved.get("save_every", cfg.save_every)
-    merged.max_train_examples = saved.get("max_train_examples", 0)
-    merged.keep_checkpoints = saved.get("keep_checkpoints", cfg.keep_checkpoints) or cfg.keep_checkpoints
-    return merged
-
-
-def _train(cfg, ctx, log, tok, labels, train_examples, eval_examples):
-    out_dir, ckpt_dir = cfg.output, os.path.join(cfg.output, "checkpoints")
-    device = ctx.device
-    if ctx.is_main:
-        os.makedirs(ckpt_dir, exist_ok=True)
-        log.to_file(os.path.join(out_dir, TRAIN_LOG))
-    label_to_id = {name: i for i, name in enumerate(labels)} if labels else None
-    features, truncated = _encode(cfg.task, tok, train_examples, cfg, label_to_id)
-    what = "questions" if cfg.task == "qa" else "texts"
-    log(f"train: {len(train_examples)} examples from {cfg.train} -> {len(features)} inputs"
-        + (f"; {truncated} {what} longer than --max-length {cfg.max_length} tokens were truncated" if truncated else ""))
-    if cfg.task == "tag":  # sentences with no labelled token would divide by zero
-        features = [f for f in features if any(t != -100 for t in f.label)]
-    eval_features = None
-    if eval_examples is not None:
-        eval_features, eval_truncated = _encode(cfg.task, tok, eval_examples, cfg, label_to_id)
-        log(f"eval: {len(eval_examples)} examples from {cfg.eval}"
-            + (f"; {eval_truncated} {what} truncated to --max-length {cfg.max_length}" if eval_truncated else ""))
-
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    model, notes = load_model(cfg.task, cfg.model, labels)
-    log(f"model: {type(model).__module__}.{type(model).__name__} from {cfg.model}" + "".join(f"; {n}" for n in notes))
-    model.to(device)
-    model.train()
-    torch.manual_seed(cfg.seed + 1000003 * ctx.rank)  # dropout differs between ranks
-    train_module = model
-    if ctx.enabled:
-        train_module = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    # An optimizer step takes step_size examples: micro-batches of global_batch, each split across ranks.
-    # The epoch order is built over whole steps, so accumulation and DDP change how a step is
-    # computed, never which examples it holds.
-    global_batch = cfg.batch_size * ctx.world_size
-    step_size = global_batch * cfg.gradient_accumulation
-    steps_per_epoch = math.ceil(len(features) / step_size)
-    full_epochs, fraction = int(cfg.epochs), cfg.epochs - int(cfg.epochs)
-    epoch_steps = [steps_per_epoch] * full_epochs + ([max(1, round(fraction * steps_per_epoch))] if fraction > 0 else [])
-    total_steps = sum(epoch_steps)
-    optimizer = _optimizer(model, cfg, device)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _linear_schedule(total_steps, int(cfg.warmup_ratio * total_steps)))
-    scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
-
-    run_args = {**dataclasses.asdict(cfg), "world_size": ctx.world_size, "labels": labels}
-    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_metric": None, "best_step": None,
-             "best": None, "last_eval": None, "tokens": 0}
-    pointer = {"latest": None, "best": None}
-    if cfg.resume:
-        pointer = ckpt.read_pointer(ckpt_dir)
-        with open(os.path.join(out_dir, RUN_ARGS)) as f:
-            saved = json.load(f)
-        changed = [k for k in DETERMINING if saved.get(k) != run_args.get(k)]
-        if changed:
-            raise FinetuneError(f"--resume: the run in {out_dir} used other settings for {', '.join(changed)} "
-                                f"({', '.join(f'{k}={saved.get(k)!r}' for k in changed)})")
-        state, rng_states = ckpt.load_training_state(ckpt_dir, pointer["latest"], model, optimizer,
-                                                     scheduler, scaler, device)
-        ckpt.set_rng_state(rng_states[ctx.rank])
-        log(f"resumed from {os.path.join(ckpt_dir, pointer['latest'])} (step {state['global_step']} of {total_steps})")
-        if ctx.is_main:
-            _truncate_eval_log(os.path.join(out_dir, EVAL_LOG), state["global_step"])
-    elif ctx.is_main:
-        ckpt.atomic_write_json(os.path.join(out_dir, RUN_ARGS), run_args)
-
-    task_info = {"task": cfg.task, "max_length": cfg.max_length, "doc_stride": cfg.doc_stride,
-                 "text_column": cfg.text_column, "text_pair_column": cfg.text_pair_column,
-                 "label_column": cfg.label_column, "labels": labels, "base_model": os.path.abspath(cfg.model)}
-    log(f"training: {total_steps} steps ({cfg.epochs} epochs of {steps_per_epoch}), batch {cfg.batch_size}"
-        + (f" x {ctx.world_size} processes" if ctx.enabled else "")
-        + (f" x {cfg.gradient_accumulation} accumulated" if cfg.gradient_accumulation > 1 else "")
-        + f", lr {cfg.lr}, {cfg.precision} on {device}")
-
-    def evaluate():
-        outputs = evaluation.model_outputs(model, cfg.task, eval_features, 2 * cfg.batch_size, device,
-                                          cfg.precision, tok.pad_id, ctx)
-        preds = evaluation.decode(cfg.task, eval_examples, eval_features, outputs, labels)
-        return evaluation.score(cfg.task, eval_examples, preds, labels)
-
-    def checkpoint(eval_metrics):
-        """Evaluate-then-save at an optimizer-step boundary; all ranks take part."""
-        rngs = distributed.all_gather_objects(ctx, ckpt.rng_state())
-        if not ctx.is_main:
-            return
-        best_name = pointer.get("best")
-        if eval_metrics is not None:
-            key = metrics.main_metric(cfg.task, eval_metrics)
-            if state["best_metric"] is None or eval_metrics[key] > state["best_metric"]:
-                state.update(best_metric=eval_metrics[key], best_step=state["global_step"], best=eval_metrics)
-                best_name = f"best-{state['global_step']:08d}"
-                ckpt.write_folder(ckpt_dir, best_name, lambda tmp: save_model_files(model, cfg.model, task_info, tmp))
-        latest = ckpt.save_training_state(ckpt_dir, state["global_step"], model, optimizer, scheduler, scaler,
-                                          rngs, state)
-        _maybe_die(f"save:{state['global_step']}")
-        pointer.update(latest=latest, best=best_name)
-        ckpt.write_pointer(ckpt_dir, pointer)
-
-    from tqdm import tqdm
-    bar = tqdm(total=total_steps, initial=state["global_step"], disable=not (cfg.progress and ctx.is_main),
-               desc=f"finetune {cfg.task}", unit="step", dynamic_ncols=True, file=sys.stderr)
-    start_time, tokens_this_run = time.time(), 0
-    while state["epoch"] < len(epoch_steps):
-        epoch = state["epoch"]
-        steps = epoch_batches([len(f.input_ids) for f in features], step_size, cfg.seed, epoch)[:epoch_steps[epoch]]
-        groups = [[step[i:i + global_batch] for i in range(0, len(step), global_batch)] for step in steps]
-        digest = _order_digest(groups)
-        if state.get("order_digest") not in (None, digest) and state["step_in_epoch"] > 0:
-            raise FinetuneError("--resume: the training data no longer gives the same batches as the checkpoint")
-        state["order_digest"] = digest
-        for group in groups[state["step_in_epoch"]:]:
-            n_items = sum(loss_items(cfg.task, features, gb) for gb in group)
-            step_loss, step_tokens = 0.0, 0
-            for j, global_batch_indices in enumerate(group):
-                local = shard(global_batch_indices, ctx.rank, ctx.world_size)
-                weight = 1.0
-                if not local:  # fewer items than ranks: take part in the all-reduce with zero weight
-                    local, weight = [global_batch_indices[0]], 0.0
-                batch = {k: v.to(device, non_blocking=True)
-                         for k, v in collate(cfg.task, features, local, tok.pad_id).items()}
-                sync = not ctx.enabled or j == len(group) - 1
-                with (train_module.no_sync() if not sync else contextlib.nullcontext()):
-                    with evaluation.autocast(device, cfg.precision):
-                        out = train_module(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                           token_type_ids=batch["token_type_ids"])
-                    loss_sum = _loss_sum(cfg.task, out, batch) * weight
-                    loss = loss_sum * (ctx.world_size / max(n_items, 1))
-                    (scaler.scale(loss) if scaler is not None else loss).backward()
-                step_loss += float(loss_sum.detach())
-                step_tokens += int(batch["attention_mask"].sum()) if weight else 0
-            if scaler is not None:
-                scaler.unscale_(optimizer)
-            if cfg.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            state["global_step"] += 1
-            state["step_in_epoch"] += 1
-            step_loss, step_tokens = distributed.sum_floats(ctx, [step_loss, step_tokens], device)
-            state["tokens"] += int(step_tokens)
-            tokens_this_run += int(step_tokens)
-            mean_loss = step_loss / max(n_items, 1)
-            loss_ema = mean_loss if state.get("loss_ema") is None else 0.9 * state["loss_ema"] + 0.1 * mean_loss
-            state["loss_ema"] = loss_ema  # in the checkpoint, so a resumed run logs the same losses
-            elapsed = time.time() - start_time
-            bar.set_postfix(loss=f"{loss_ema:.4f}", tok_s=f"{tokens_this_run / max(elapsed, 1e-9):,.0f}", refresh=False)
-            bar.update(1)
-            _maybe_die(f"step:{state['global_step']}")
-            end_of_epoch = state["step_in_epoch"] == len(groups)
-            if end_of_epoch:
-                state["epoch"] += 1
-                state["step_in_epoch"] = 0
-            do_eval = eval_features is not None and (
-                end_of_epoch or (cfg.eval_every and state["global_step"] % cfg.eval_every == 0))
-            do_save = do_eval or end_of_epoch or (cfg.save_every and state["global_step"] % cfg.save_every == 0)
-            eval_metrics = None
-            if do_eval:
-                eval_metrics = evaluate()
-                state["last_eval"] = eval_metrics
-                record = {"step": state["global_step"], "epoch": round(state["global_step"] / steps_per_epoch, 4),
-                          "train_loss": round(loss_ema, 6), **eval_metrics}
-                if ctx.is_main:
-                    _append_jsonl(os.path.join(out_dir, EVAL_LOG), record)
-                    bar.write(f"step {state['global_step']}: " + ", ".join(
-                        f"{k} {v:.4f}" for k, v in eval_metrics.items()))
-            if do_save:
-                checkpoint(eval_metrics)
-    bar.close()
-    seconds = time.time() - start_time
-    if ctx.is_main:
-        _finish(cfg, model, task_info, pointer, ckpt_dir)
-    if ctx.enabled:
-        torch.distributed.barrier()
-    log(f"model saved to {os.path.abspath(out_dir)}"
-        + (f" (best checkpoint: step {state['best_step']}, {metrics.main_metric(cfg.task, state['best'])} "
-           f"{state['best_metric']:.4f})" if state["best"] else ""))
-    return {"output": out_dir, "eval": state["last_eval"], "best": state["best"], "steps": state["global_step"],
-            "seconds": seconds, "labels": labels}
-
+# ---- the end: the final model in the output folder ----
 
 def _append_jsonl(path, record):
     with open(path, "a") as f:
@@ -466,7 +647,7 @@ def _truncate_eval_log(path, step):
         return
     with open(path) as f:
         kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-    ckpt.atomic_write_bytes(path, "".join(kept).encode())
+    atomic_write_text(path, "".join(kept))
 
 
 def _finish(cfg, model, task_info, pointer, ckpt_dir):
@@ -482,12 +663,12 @@ def _finish(cfg, model, task_info, pointer, ckpt_dir):
     else:
         for name in os.listdir(source):
             shutil.copyfile(os.path.join(source, name), os.path.join(staging, name))
-    ckpt.fsync_tree(staging)
+    fsync_tree(staging)
     names = sorted(os.listdir(staging), key=lambda n: n.endswith(".safetensors"))
     for name in names:
         os.replace(os.path.join(staging, name), os.path.join(out_dir, name))
     os.rmdir(staging)
-    ckpt.fsync_dir(out_dir)
+    fsync_dir(out_dir)
     if cfg.keep_checkpoints:
         ckpt.write_pointer(ckpt_dir, {**pointer, "finished": True})
     else:

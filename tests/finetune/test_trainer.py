@@ -246,17 +246,20 @@ def test_decoding_oracle_outputs_scores_perfectly():
     assert scores["token_accuracy"] > 0.999 and scores["f1"] > 0.99
 
 
-def test_bertfast_model_classes_are_preferred(tiny, monkeypatch, tmp_path):
-    """Once bertfast exports its own BertFor* classes, the trainer uses them (same API)."""
+@pytest.mark.parametrize("task", ["pair", "tag", "qa"])
+def test_models_are_bertfasts_own_classes(task, tiny, tmp_path):
+    """The trainer, predict and evaluate load bertfast's heads (whose loss they use), with the
+    label names of the run, and save a folder that loads back."""
     import bertfast
-    import transformers
-    from bertfast.finetune.models import label_names, load_model, save_model_files
-
-    class OwnClassifier(transformers.BertForSequenceClassification):  # stands in for bertfast's class
-        pass
-
-    monkeypatch.setattr(bertfast, "BertForSequenceClassification", OwnClassifier, raising=False)
-    model, _ = load_model("pair", tiny, ["no", "yes"])
-    assert type(model) is OwnClassifier and label_names(model) == ["no", "yes"]
-    save_model_files(model, tiny, {"task": "pair"}, str(tmp_path))
-    assert (tmp_path / "model.safetensors").exists() and (tmp_path / "bertfast_task.json").exists()
+    from bertfast.finetune.models import MODEL_CLASS, label_names, load_model, save_model_files
+    labels = {"pair": ["no", "yes"], "tag": ["O", "B-PER", "I-PER"], "qa": None}[task]
+    model, notes = load_model(task, tiny, labels)
+    assert type(model) is getattr(bertfast, MODEL_CLASS[task])
+    assert notes  # the new head is named in the log
+    if labels is not None:
+        assert label_names(model) == labels
+    save_model_files(model, tiny, {"task": task}, str(tmp_path))
+    assert json.loads((tmp_path / "bertfast_task.json").read_text()) == {"task": task}
+    again, _ = load_model(task, str(tmp_path))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, again.state_dict()[k]), k
