@@ -1,11 +1,12 @@
 """bertfast.optimize(model): a transformers Bert* model with its encoder on bertfast's kernels.
 
 Each BertLayer's self-attention, attention output and FFN output modules get a subclass of
-their own transformers class whose forward calls bertfast ops (fused attention; GEMM without bias
-then add_layer_norm with the bias, dropout, residual and LayerNorm in one op). Only the class of
-those module objects changes: parameters, buffers, state dict keys, hooks and everything
-transformers.Trainer relies on stay the same objects, so nothing is copied and the model saves,
-loads and trains as before.
+their own transformers class whose forward calls bertfast ops: attention through
+bertfast.model.attention_routing (the fused op; SDPA for float32 on CUDA outside autocast, which
+the CUDA kernels do not take), and GEMM without bias then add_layer_norm with the bias, dropout,
+residual and LayerNorm in one op. Only the class of those module objects changes: parameters,
+buffers, state dict keys, hooks and everything transformers.Trainer relies on stay the same
+objects, so nothing is copied and the model saves, loads and trains as before.
 """
 import logging
 import warnings
@@ -16,7 +17,7 @@ from torch import nn
 
 from ._library import has_cuda_kernels
 from .model import attention_routing
-from .model.config import SUPPORTED_ACTIVATIONS
+from .model.activations import ACTIVATIONS
 from .ops import add_layer_norm
 
 logger = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ def _unsupported_reason(config):
     position = getattr(config, "position_embedding_type", "absolute")
     if position not in (None, "absolute"):
         return f"position_embedding_type={position!r} (relative attention scores) is not supported"
-    if config.hidden_act not in SUPPORTED_ACTIVATIONS:
+    if config.hidden_act not in ACTIVATIONS:
         return f"hidden_act={config.hidden_act!r} is not supported"
     return None
 

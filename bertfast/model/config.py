@@ -3,7 +3,9 @@ import copy
 import json
 import os
 
-SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu")
+from .._files import atomic_write_text
+from .activations import ACTIVATIONS
+
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 
 # name -> default, as in transformers' BertConfig (bert-base-uncased).
@@ -94,9 +96,9 @@ class BertConfig:
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"BertConfig: hidden_size ({self.hidden_size}) must be a multiple of "
                              f"num_attention_heads ({self.num_attention_heads})")
-        if self.hidden_act not in SUPPORTED_ACTIVATIONS:
+        if self.hidden_act not in ACTIVATIONS:
             raise ValueError(f"BertConfig: hidden_act {self.hidden_act!r} is not supported; use one of "
-                             f"{', '.join(SUPPORTED_ACTIVATIONS)}")
+                             f"{', '.join(ACTIVATIONS)}")
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):
             value = getattr(self, name)
             if value is None and name == "classifier_dropout":
@@ -162,8 +164,7 @@ class BertConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
     def to_json_file(self, path):
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(self.to_json_string())
+        atomic_write_text(path, self.to_json_string())
 
     def __eq__(self, other):
         return isinstance(other, BertConfig) and self.to_dict() == other.to_dict()

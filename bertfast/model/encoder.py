@@ -13,18 +13,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import attention_routing
+from .activations import ACTIVATIONS
 from .config import BertConfig
 from ..ops import add_layer_norm
 from .outputs import BaseModelOutput
 from .packing import Packing
-
-_ACTIVATIONS = {
-    "gelu": F.gelu,
-    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "relu": F.relu,
-    "silu": F.silu,
-}
 
 
 def compute_dtype(reference):
@@ -131,9 +124,9 @@ class BertSelfAttention(nn.Module):
 
 
 class BertSelfOutput(nn.Module):
-    def __init__(self, config):
+    def __init__(self, config, in_features=None):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = nn.Linear(in_features or config.hidden_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout_p = config.hidden_dropout_prob
 
@@ -158,18 +151,17 @@ class BertIntermediate(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
-        self.activation = _ACTIVATIONS[config.hidden_act]
+        self.activation = ACTIVATIONS[config.hidden_act]
 
     def forward(self, x):
         return self.activation(self.dense(x))
 
 
 class BertOutput(BertSelfOutput):
+    """The FFN's output: BertSelfOutput's computation on the intermediate activations."""
+
     def __init__(self, config):
-        nn.Module.__init__(self)
-        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout_p = config.hidden_dropout_prob
+        super().__init__(config, in_features=config.intermediate_size)
 
 
 class BertLayer(nn.Module):

@@ -11,7 +11,7 @@ import warnings
 
 import torch
 
-from .._files import atomic_write
+from .._files import atomic_write, atomic_write_json
 from .config import BertConfig
 
 logger = logging.getLogger(__name__)
@@ -226,11 +226,5 @@ def save_pretrained(model, directory):
     config = model.config.to_dict()
     config["architectures"] = [type(model).__name__]
     config["dtype"] = str(next(model.parameters()).dtype).replace("torch.", "")
-
-    def write_config(tmp):
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(config, f, indent=2, sort_keys=True)
-            f.write("\n")
-
     atomic_write(os.path.join(directory, SAFETENSORS), lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-    atomic_write(os.path.join(directory, CONFIG), write_config)
+    atomic_write_json(os.path.join(directory, CONFIG), config, sort_keys=True)
