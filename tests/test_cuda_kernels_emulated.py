@@ -38,7 +38,8 @@ def grads_of(fn, tensors, grad_out):
 
 
 def check_close(name, got, ref64, ref_lowp, dtype, floor=None):
-    """DESIGN.md's rule for low precision; for float32 a floor of a few ulps times the reduction."""
+    """The low-precision rule (helpers.assert_lowp_close); for float32 a floor of a few ulps times the
+    reduction."""
     if dtype == torch.float32:
         err = (got.double() - ref64.double()).abs().max().item()
         allowed = (floor or 1e-5) * max(1.0, ref64.abs().max().item())

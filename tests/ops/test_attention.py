@@ -7,10 +7,9 @@ import torch
 from bertfast.ops import reference
 from bertfast.ops import attention, attention_varlen, set_deterministic
 
-HAS_CUDA = torch.cuda.is_available()
-DEVICES = ["cpu"] + (["cuda"] if HAS_CUDA else [])
-requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
-FLOOR = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+from helpers import DEVICES, assert_lowp_close, requires_cuda, seed_that_op_will_draw
+
+FLOAT32_FLOOR = 1e-5  # float32 results are held to the floor alone, tighter than helpers' default
 
 
 def work_dtype(device):
@@ -23,26 +22,9 @@ def lowp_dtypes(device):
 
 
 def assert_close_rule(name, fused, ref64, ref_lowp, dtype):
-    """|fused - ref64| <= 2 |ref_lowp - ref64| + floor (DESIGN.md's low-precision rule); for
-    float32, ref_lowp is None and the floor alone bounds the error. Names the worst element."""
-    assert not torch.isnan(fused).any(), f"{name}: NaN in result"
-    err = (fused.double() - ref64).abs()
-    scale = max(1.0, ref64.abs().max().item())
-    allowed = FLOOR[dtype] * scale
-    if ref_lowp is not None:
-        allowed += 2 * (ref_lowp.double() - ref64).abs().max().item()
-    worst = err.max().item() if err.numel() else 0.0
-    if worst > allowed:
-        idx = tuple(int(i) for i in torch.nonzero(err == worst)[0])
-        raise AssertionError(f"{name}: max error {worst:.3e} > allowed {allowed:.3e} at {idx}: "
-                             f"fused {fused[idx].item():.6g} ref {ref64[idx].item():.6g}")
-
-
-def seed_that_op_will_draw(s, device="cpu"):
-    torch.manual_seed(s)
-    seed = int(torch.randint(0, 2**62, (1,), dtype=torch.int64, device=device).item())
-    torch.manual_seed(s)
-    return seed
+    """helpers.assert_lowp_close (the low-precision rule) with attention's float32 floor; for
+    float32, ref_lowp is None and the floor alone bounds the error."""
+    assert_lowp_close(name, fused, ref64, ref_lowp, dtype, FLOAT32_FLOOR if dtype == torch.float32 else None)
 
 
 def rand(*shape, device="cpu"):
