@@ -74,17 +74,16 @@ def cpu_rss_available():
     return os.path.exists("/proc/self/statm")
 
 
-def peak_bytes(fn, module, optimizer, training, device):
-    """Peak memory (bytes, see the module docstring) of running fn() once; None if unmeasurable."""
-    optimizer.zero_grad(set_to_none=True)
-    own = state_bytes(module, optimizer, training)
+def added_bytes(fn, device):
+    """The most memory running fn() once adds on top of what is allocated before it (bytes, see
+    the module docstring); None where it cannot be measured."""
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
         before = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
         fn()
         torch.cuda.synchronize(device)
-        return own + max(0, torch.cuda.max_memory_allocated(device) - before)
+        return max(0, torch.cuda.max_memory_allocated(device) - before)
     if not cpu_rss_available():
         return None
     gc.collect()
@@ -96,4 +95,12 @@ def peak_bytes(fn, module, optimizer, training, device):
         fn()
     finally:
         sampler.stop()
-    return own + max(0, sampler.peak - before)
+    return max(0, sampler.peak - before)
+
+
+def peak_bytes(fn, module, optimizer, training, device):
+    """Peak memory (bytes, see the module docstring) of running fn() once; None if unmeasurable."""
+    optimizer.zero_grad(set_to_none=True)
+    own = state_bytes(module, optimizer, training)
+    added = added_bytes(fn, device)
+    return None if added is None else own + added

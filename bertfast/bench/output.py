@@ -2,8 +2,9 @@
 import csv
 import os
 
-from .._files import atomic_write_json
+from .._files import atomic_write_json as write_json  # noqa: F401  (the benchmarks' JSON writer)
 
+# (row key, column title) of `bertfast bench`'s table; the op benchmarks' is harness.COLUMNS.
 TABLE_COLUMNS = [("model", "model"), ("task", "task"), ("seq_len", "seq"), ("lengths", "lengths"),
                  ("batch_size", "batch"),
                  ("mode", "mode"), ("impl", "impl"), ("ms", "ms"), ("cpu_ms", "cpu ms"),
@@ -25,8 +26,19 @@ def _fmt(value):
     return str(value)
 
 
-def format_table(rows):
-    columns = [(key, title) for key, title in TABLE_COLUMNS if any(r.get(key) is not None for r in rows)]
+def _present(rows, columns):
+    """The columns that some row has a value for."""
+    return [(key, title) for key, title in columns if any(r.get(key) is not None for r in rows)]
+
+
+def format_conditions(conditions):
+    """The run's conditions on one line, as every benchmark prints them above its table."""
+    return " | ".join(f"{k}: {v}" for k, v in conditions.items() if v is not None)
+
+
+def format_table(rows, columns=TABLE_COLUMNS):
+    """Aligned plain-text columns, those no row has a value for left out."""
+    columns = _present(rows, columns)
     cells = [[_fmt(r.get(key)) for key, _ in columns] for r in rows]
     widths = [max(len(title), *(len(c[i]) for c in cells)) if cells else len(title)
               for i, (_, title) in enumerate(columns)]
@@ -35,16 +47,12 @@ def format_table(rows):
     return "\n".join(lines)
 
 
-def format_markdown(rows):
+def format_markdown(rows, columns=TABLE_COLUMNS):
     """The table as GitHub markdown (for the README)."""
-    columns = [(key, title) for key, title in TABLE_COLUMNS if any(r.get(key) is not None for r in rows)]
+    columns = _present(rows, columns)
     lines = ["| " + " | ".join(title for _, title in columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(_fmt(r.get(key)) for key, _ in columns) + " |" for r in rows]
     return "\n".join(lines)
-
-
-def write_json(path, payload):
-    atomic_write_json(path, payload)
 
 
 def write_csv(path, rows, conditions):
