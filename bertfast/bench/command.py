@@ -7,7 +7,7 @@ them under torch.compile when asked. They are timed interleaved in one run (medi
 repetitions after warm-up, CUDA synchronised), so the ratios compare like with like.
 
 Reported per row: milliseconds per repetition, real (non-padding) tokens/s, samples/s, peak
-memory (see bertfast/benchmarking/memory.py for how it is measured on CPU and CUDA), achieved
+memory (see bertfast/bench/memory.py for how it is measured on CPU and CUDA), achieved
 model TFLOP/s (useful FLOPs on real tokens), on a GPU the model FLOP utilisation against the
 bf16 GEMM rate measured in the same run, and for bertfast rows the speedup over each baseline.
 
@@ -21,10 +21,11 @@ padding collator does.
 """
 import argparse
 import gc
-import sys
+from dataclasses import dataclass
 
 import torch
 
+from .. import _precision
 from . import implementations, memory, output, timing, workloads
 
 GPU_TOKENS_PER_BATCH = {"minilm-l6": 32768, "bert-base": 16384, "bert-large": 8192, "tiny": 4096}
@@ -34,7 +35,7 @@ CPU_TOKENS_PER_BATCH = {"minilm-l6": 1024, "bert-base": 512, "bert-large": 256, 
 def add_arguments(parser):
     """The options of `bertfast bench` (also used by `python -m bertfast.bench`)."""
     parser.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when available)")
-    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None,
+    parser.add_argument("--precision", choices=_precision.PRECISIONS, default=None,
                         help="autocast precision (default: bf16 on CUDA, fp32 on CPU); weights and AdamW stay fp32")
     parser.add_argument("--model", nargs="+", choices=sorted(workloads.MODEL_SIZES), default=None,
                         help="model sizes (default: minilm-l6 bert-base bert-large on CUDA, minilm-l6 on CPU)")
@@ -80,8 +81,10 @@ def _defaults(args):
     on_gpu = device.type == "cuda"
     if args.precision is None:
         args.precision = "bf16" if on_gpu else "fp32"
-    if args.precision == "fp16" and not on_gpu:
-        raise SystemExit("bertfast bench: --precision fp16 needs CUDA (use fp32 or bf16 on CPU)")
+    try:
+        _precision.check(device, args.precision)
+    except ValueError as e:
+        raise SystemExit(f"bertfast bench: {e}") from None
     args.model = args.model or (["minilm-l6", "bert-base", "bert-large"] if on_gpu else ["minilm-l6"])
     args.seq_len = args.seq_len or ([128, 512] if on_gpu else [128])
     for n in args.seq_len:
@@ -103,46 +106,63 @@ def _batch_size(args, model_size, seq_len):
     return max(1, budget // seq_len)
 
 
-def _workload_fn(impl, batches, args, mode):
-    step = implementations.STEPS[mode]
+@dataclass
+class Workload:
+    """What one measurement runs: the same batches through every implementation, in one mode."""
+    model_size: str
+    task: str
+    seq_len: int
+    lengths_kind: str    # "full" or "real"
+    mode: str            # "train" or "inference"
+    batches: list
+
+    @property
+    def label(self):
+        return f"{self.model_size}/{self.task}/{self.seq_len}/{self.lengths_kind}/{self.mode}"
+
+
+def _workload_fn(impl, workload, args):
+    step = implementations.STEPS[workload.mode]
 
     def run():
-        for batch in batches:
+        for batch in workload.batches:
             step(impl, batch, args.device, args.precision)
     return run
 
 
-def _measure(impls, batches, args, mode, notes, label):
+def _measure(impls, workload, args, notes):
     """Time the implementations that run (interleaved) and measure each one's peak memory."""
     runnable = {}
     for impl in impls:
-        fn = _workload_fn(impl, batches, args, mode)
+        fn = _workload_fn(impl, workload, args)
         try:
             fn()  # also compiles, when compiled
         except Exception as e:  # e.g. torch.compile failing on a model: report it, time the others
-            notes.append(f"{label}: {impl.name} failed and was left out: {type(e).__name__}: {str(e)[:300]}")
+            notes.append(f"{workload.label}: {impl.name} failed and was left out: {type(e).__name__}: "
+                         f"{str(e)[:300]}")
             continue
         runnable[impl.name] = (impl, fn)
     times = timing.time_interleaved({n: fn for n, (_, fn) in runnable.items()}, args.device,
                                     warmup=max(0, args.warmup - 1), reps=args.steps)
-    peaks = {n: memory.peak_bytes(fn, impl.base, impl.optimizer, mode == "train", args.device)
+    peaks = {n: memory.peak_bytes(fn, impl.base, impl.optimizer, workload.mode == "train", args.device)
              for n, (impl, fn) in runnable.items()}
     return runnable, times, peaks
 
 
-def _rows_for(model_size, task, seq_len, lengths_kind, mode, batches, runnable, times, peaks, args, gemm_flops):
-    size = workloads.MODEL_SIZES[model_size]
+def _rows_for(workload, runnable, times, peaks, args, gemm_flops):
+    w, batches = workload, workload.batches
+    size = workloads.MODEL_SIZES[w.model_size]
     tokens = sum(b.real_tokens for b in batches)
     samples = sum(len(b.lengths) for b in batches)
     padded = sum(b.padded_tokens for b in batches)
-    flops = sum(workloads.step_flops(size, b.lengths, task, mode) for b in batches)
-    lengths_label = "full" if lengths_kind == "full" else f"real:{workloads.real_distribution_for(seq_len)}"
+    flops = sum(workloads.step_flops(size, b.lengths, w.task, w.mode) for b in batches)
+    lengths_label = "full" if w.lengths_kind == "full" else f"real:{workloads.real_distribution_for(w.seq_len)}"
     rows = []
     for name, (impl, _) in runnable.items():
         t = times[name]["median_s"]
         rows.append({
-            "model": model_size, "task": task, "seq_len": seq_len, "lengths": lengths_label,
-            "batch_size": len(batches[0].lengths), "batches": len(batches), "mode": mode, "impl": name,
+            "model": w.model_size, "task": w.task, "seq_len": w.seq_len, "lengths": lengths_label,
+            "batch_size": len(batches[0].lengths), "batches": len(batches), "mode": w.mode, "impl": name,
             "compiled": impl.compiled, "uses_bertfast": impl.uses_bertfast, "precision": args.precision,
             "ms": round(t * 1e3, 2),
             "ms_min": round(times[name]["min_s"] * 1e3, 2),
@@ -154,7 +174,13 @@ def _rows_for(model_size, task, seq_len, lengths_kind, mode, batches, runnable, 
             "mfu": round(flops / t / gemm_flops, 3) if gemm_flops else None,
             "samples_s": [round(s, 5) for s in times[name]["samples"]],
         })
-    for row in rows:  # bertfast's speedup over each baseline, compiled against compiled
+    _add_speedups(rows)
+    return rows
+
+
+def _add_speedups(rows):
+    """bertfast's speedup over each baseline (compiled against compiled), in wall and CPU time."""
+    for row in rows:
         if row["uses_bertfast"]:
             suffix = "+compile" if row["compiled"] else ""
             for baseline in implementations.BASELINES:
@@ -162,7 +188,6 @@ def _rows_for(model_size, task, seq_len, lengths_kind, mode, batches, runnable, 
                 row[f"vs_hf_{baseline}"] = round(other["ms"] / row["ms"], 2) if other else None
                 if other and row["cpu_ms"] and other["cpu_ms"]:  # the same ratio in process CPU time
                     row[f"cpu_vs_hf_{baseline}"] = round(other["cpu_ms"] / row["cpu_ms"], 2)
-    return rows
 
 
 def run_benchmark(args, progress=None):
@@ -170,69 +195,98 @@ def run_benchmark(args, progress=None):
     `progress(rows, notes, conditions)` is called after each workload (partial results survive
     a run that is cut short)."""
     args = _defaults(args)
-    if args.compile_modes[-1]:
-        for name in ("recompile_limit", "cache_size_limit"):  # real-length batches have several shapes
-            if hasattr(torch._dynamo.config, name):
-                setattr(torch._dynamo.config, name, max(64, getattr(torch._dynamo.config, name)))
-    conditions = timing.run_conditions(args.device)
-    notes = []
-    gemm_flops = None
-    if args.device.startswith("cuda"):
-        gemm_flops = timing.gemm_rate(args.device)
-        conditions["bf16_gemm_TFLOPs"] = round(gemm_flops / 1e12, 1)
-        print(f"bf16 GEMM rate: {gemm_flops / 1e12:.1f} TFLOP/s (MFU is measured against it)", flush=True)
-    rows = []
+    _allow_recompiles(args)
+    conditions, gemm_flops = _conditions(args)
+    rows, notes = [], []
     generator = torch.Generator().manual_seed(1234)
+
+    def report(new_rows):
+        rows.extend(new_rows)
+        if progress:
+            progress(rows, notes, conditions)
     for task in args.task:
-        reason = None if args.no_bertfast else implementations.bertfast_unavailable_reason(task)
-        if reason:
-            notes.append(reason)
+        with_bertfast = _bertfast_wanted(args, task, notes)
         for model_size in args.model:
-            impls = implementations.make_implementations(
-                model_size, task, args.device, args.baselines, not args.no_bertfast and reason is None,
-                args.compile_modes, args.precision, notes, with_optimize=args.optimize and not args.no_bertfast)
-            if not impls:
-                raise SystemExit("bertfast bench: nothing to time (no baselines and no bertfast model)")
-            for seq_len in args.seq_len:
-                batch_size = _batch_size(args, model_size, seq_len)
-                for lengths_kind in args.lengths:
-                    batches = [b.to(args.device) for b in workloads.make_batches(
-                        task, batch_size, seq_len, lengths_kind, args.real_batches, generator)]
-                    for mode in args.mode:
-                        label = f"{model_size}/{task}/{seq_len}/{lengths_kind}/{mode}"
-                        print(f"timing {label} (batch {batch_size})", flush=True)
-                        runnable, times, peaks = _measure(impls, batches, args, mode, notes, label)
-                        rows += _rows_for(model_size, task, seq_len, lengths_kind, mode, batches, runnable, times,
-                                          peaks, args, gemm_flops)
-                        if progress:
-                            progress(rows, notes, conditions)
-            del impls
-            gc.collect()
-            if args.device.startswith("cuda"):
-                torch.cuda.empty_cache()
+            _bench_model(args, task, model_size, with_bertfast, generator, gemm_flops, notes, report)
+            _free_memory(args.device)
     return rows, notes, conditions
 
 
+def _allow_recompiles(args):
+    """Real-length batches have several shapes: let torch.compile recompile for each of them."""
+    if args.compile_modes[-1]:
+        for name in ("recompile_limit", "cache_size_limit"):
+            if hasattr(torch._dynamo.config, name):
+                setattr(torch._dynamo.config, name, max(64, getattr(torch._dynamo.config, name)))
+
+
+def _conditions(args):
+    """The run's conditions, and on a GPU the bf16 GEMM rate that MFU is measured against."""
+    conditions = timing.run_conditions(args.device)
+    if not args.device.startswith("cuda"):
+        return conditions, None
+    gemm_flops = timing.gemm_rate(args.device)
+    conditions["bf16_gemm_TFLOPs"] = round(gemm_flops / 1e12, 1)
+    print(f"bf16 GEMM rate: {gemm_flops / 1e12:.1f} TFLOP/s (MFU is measured against it)", flush=True)
+    return conditions, gemm_flops
+
+
+def _bertfast_wanted(args, task, notes):
+    reason = None if args.no_bertfast else implementations.bertfast_unavailable_reason(task)
+    if reason:
+        notes.append(reason)
+    return not args.no_bertfast and reason is None
+
+
+def _bench_model(args, task, model_size, with_bertfast, generator, gemm_flops, notes, report):
+    """Every workload (sequence length x lengths x mode) of one model size and task; the
+    implementations are built here and freed when this returns."""
+    impls = implementations.make_implementations(
+        model_size, task, args.device, args.baselines, with_bertfast, args.compile_modes, args.precision, notes,
+        with_optimize=args.optimize and not args.no_bertfast)
+    if not impls:
+        raise SystemExit("bertfast bench: nothing to time (no baselines and no bertfast model)")
+    for seq_len in args.seq_len:
+        batch_size = _batch_size(args, model_size, seq_len)
+        for lengths_kind in args.lengths:
+            batches = [b.to(args.device) for b in workloads.make_batches(
+                task, batch_size, seq_len, lengths_kind, args.real_batches, generator)]
+            for mode in args.mode:
+                workload = Workload(model_size, task, seq_len, lengths_kind, mode, batches)
+                print(f"timing {workload.label} (batch {batch_size})", flush=True)
+                report(_rows_for(workload, *_measure(impls, workload, args, notes), args, gemm_flops))
+
+
+def _free_memory(device):
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
 def main(args):
-    threads = torch.get_num_threads()
-    if args.threads:
-        torch.set_num_threads(args.threads)
     def save_partial(rows, notes, conditions):
         if args.json:
-            output.write_json(args.json, {"conditions": conditions, "settings": _settings(args), "notes": notes,
-                                          "rows": rows, "complete": False})
-    try:
+            output.write_json(args.json, _payload(args, rows, notes, conditions, complete=False))
+    with timing.threads(args.threads):
         rows, notes, conditions = run_benchmark(args, save_partial)
-    finally:
-        torch.set_num_threads(threads)
     print()
-    print(" | ".join(f"{k}: {v}" for k, v in conditions.items() if v is not None))
+    print(output.format_conditions(conditions))
     print(output.format_table(rows))
     for note in notes:
         print(f"note: {note}")
-    payload = {"conditions": conditions, "settings": _settings(args), "notes": notes, "rows": rows, "complete": True}
+    _write(args, rows, notes, conditions)
+    return 0
+
+
+def _payload(args, rows, notes, conditions, complete):
+    return {"conditions": conditions, "settings": _settings(args), "notes": notes, "rows": rows,
+            "complete": complete}
+
+
+def _write(args, rows, notes, conditions):
+    """The outputs asked for: JSON, CSV, markdown, plots."""
     if args.json:
-        output.write_json(args.json, payload)
+        output.write_json(args.json, _payload(args, rows, notes, conditions, complete=True))
     if args.csv:
         output.write_csv(args.csv, rows, conditions)
     if args.markdown:
@@ -241,13 +295,12 @@ def main(args):
     if args.plot and rows:
         for path in output.plot(args.plot, rows, conditions):
             print(f"wrote {path}")
-    return 0
 
 
 def _settings(args):
     keys = ("device", "precision", "model", "task", "seq_len", "batch_size", "lengths", "real_batches", "mode",
             "baselines", "no_bertfast", "optimize", "compile", "steps", "warmup")
-    return {k: getattr(args, k) for k in keys} | {"command": " ".join(sys.argv)}
+    return {k: getattr(args, k) for k in keys}  # the command line is in the conditions
 
 
 def run(argv=None):

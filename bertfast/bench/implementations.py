@@ -1,11 +1,11 @@
 """The implementations compared: transformers' BERT with attn_implementation "eager" and "sdpa",
 bertfast's model with the same weights, each optionally under torch.compile; and the step each
 one runs (a training step with AdamW, or inference)."""
-import contextlib
 from dataclasses import dataclass, field
 
 import torch
 
+from .._precision import autocast
 from .workloads import MODEL_SIZES, VOCAB_SIZE
 
 HF_CLASSES = {"classification": "BertForSequenceClassification", "mlm": "BertForMaskedLM"}
@@ -71,13 +71,6 @@ def build_bertfast(hf_model, task):
     return model
 
 
-def autocast_context(device, precision):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
-
-
 def make_implementations(model_size, task, device, baselines, with_bertfast, compile_modes, precision, notes,
                          with_optimize=False):
     """Implementations sharing one set of random weights. A compiled variant shares the module
@@ -121,7 +114,7 @@ def train_step(impl, batch, device, precision):
     """One optimizer step: forward with labels, backward, AdamW."""
     impl.base.train()
     impl.optimizer.zero_grad(set_to_none=True)
-    with autocast_context(device, precision):
+    with autocast(device, precision):
         out = impl.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                          token_type_ids=batch.token_type_ids, labels=batch.labels)
     loss = out.loss if hasattr(out, "loss") else out["loss"]
@@ -136,7 +129,7 @@ def train_step(impl, batch, device, precision):
 
 def inference_step(impl, batch, device, precision):
     impl.base.eval()
-    with torch.no_grad(), autocast_context(device, precision):
+    with torch.no_grad(), autocast(device, precision):
         out = impl.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                          token_type_ids=batch.token_type_ids)
     return out.logits if hasattr(out, "logits") else out["logits"]
