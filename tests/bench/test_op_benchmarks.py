@@ -28,11 +28,11 @@ EXPECTED = {
                          for impl in ("bertfast", "bertfast varlen", "sdpa")}, "tflops"),
     "bench_cross_entropy": ({("softmax_cross_entropy", "float32", "fwd+bwd", impl)
                              for impl in ("bertfast", "bertfast inplace", "F.cross_entropy")}
-                            | {("linear_cross_entropy", "float32", "fwd+bwd", impl) for impl in ("bertfast", "unfused")},
-                            None),
+                            | {("linear_cross_entropy", "float32", "fwd+bwd", impl)
+                               for impl in ("bertfast", "unfused")}, None),
 }
-# the one-thread repeat of the masked attention case (same key, threads=1)
-REPEATED = {"bench_attention": 3}
+# the rows of a case repeated on one thread (the same keys, threads=1)
+ONE_THREAD = {"bench_attention": ["bertfast", "bertfast varlen", "sdpa"]}
 
 
 def _load(name):
@@ -58,8 +58,8 @@ def test_benchmark_runs_through_the_harness_and_writes_its_json(name, tmp_path, 
     expected, rate = EXPECTED[name]
     rows = payload["rows"]
     assert {(r["op"], r["dtype"], r["mode"], r["impl"]) for r in rows} == expected
-    assert len(rows) == len(expected) + REPEATED.get(name, 0)
-    assert [r["impl"] for r in rows if r["threads"] == 1] == ["bertfast", "bertfast varlen", "sdpa"][:REPEATED.get(name, 0)]
+    assert [r["impl"] for r in rows if r["threads"] == 1] == ONE_THREAD.get(name, [])
+    assert len(rows) == len(expected) + len(ONE_THREAD.get(name, []))
     assert payload["complete"] and payload["notes"] == [] and payload["settings"]["quick"]
     assert {"device", "torch", "cuda", "date", "commit", "command"} <= set(payload["conditions"])
     for r in rows:
