@@ -18,7 +18,6 @@ from typing import Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .. import _precision
 from .._files import atomic_write_json, atomic_write_text, empty_folder, fsync_dir, fsync_tree
@@ -96,18 +95,6 @@ class Log:
         with open(path, "a") as f:
             f.writelines(msg + "\n" for msg in self.pending)
         self.pending = []
-
-
-def _loss_sum(task, out, batch):
-    """Sum (not mean) of the per-item losses, so that accumulation and DDP can divide by the
-    number of items of the whole optimizer step."""
-    if task == "qa":
-        return (F.cross_entropy(out.start_logits.float(), batch["start_positions"], reduction="sum")
-                + F.cross_entropy(out.end_logits.float(), batch["end_positions"], reduction="sum")) / 2
-    logits = out.logits.float()
-    if task == "regress":
-        return ((logits.squeeze(-1) - batch["labels"]) ** 2).sum()
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["labels"].reshape(-1), reduction="sum")
 
 
 def _maybe_die(point):
@@ -540,10 +527,8 @@ def _micro_batch(run, data, global_batch, n_items, sync):
         local, weight = [global_batch[0]], 0.0
     batch = {k: v.to(ctx.device, non_blocking=True) for k, v in collate(cfg.task, data.features, local, data.pad_id).items()}
     with contextlib.nullcontext() if sync or not ctx.enabled else run.train_module.no_sync():
-        with _precision.autocast(ctx.device, cfg.precision):
-            out = run.train_module(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                   token_type_ids=batch["token_type_ids"])
-        loss_sum = _loss_sum(cfg.task, out, batch) * weight
+        with _precision.autocast(ctx.device, cfg.precision):  # the head's own loss: the fused op's sum
+            loss_sum = run.train_module(**batch, loss_reduction="sum").loss * weight
         loss = loss_sum * (ctx.world_size / max(n_items, 1))
         (run.scaler.scale(loss) if run.scaler is not None else loss).backward()
     return float(loss_sum.detach()), int(batch["attention_mask"].sum()) if weight else 0

@@ -4,6 +4,12 @@ Differences from transformers, all about padding (positions where attention_mask
 bertfast never computes: padded positions get zero logits (tagging, MLM) or the dtype's lowest
 value (QA start/end logits, so that padding never wins a span and never enters the span loss),
 and labels at padded positions are ignored.
+
+The fine-tuning heads (sequence and token classification, question answering) take
+`loss_reduction`: "mean" (the default, transformers' loss) or "sum" (the sum of the same terms,
+for a trainer that divides by the items of a whole accumulated, distributed step). The number
+of terms is that of the mean: rows, labelled real tokens, or per side the span positions
+inside the sequence.
 """
 import torch
 import torch.nn.functional as F
@@ -25,6 +31,28 @@ def _finish(output, return_dict):
     return output if return_dict else output.to_tuple()
 
 
+LOSS_REDUCTIONS = ("mean", "sum")
+
+
+def _check_reduction(loss_reduction):
+    if loss_reduction not in LOSS_REDUCTIONS:
+        raise ValueError(f"loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}")
+    return loss_reduction
+
+
+def span_loss(start_logits, end_logits, start_positions, end_positions, reduction="mean"):
+    """The question-answering loss: (CE(start) + CE(end)) / 2 with positions clamped to
+    [0, seq_len] and position seq_len (outside the sequence) ignored. "mean" is the fused op
+    bertfast.ops.span_loss (transformers' loss); "sum" adds up the same terms, from the same
+    fused cross-entropy and the same rule."""
+    if reduction == "mean":
+        return ops.span_loss(start_logits, end_logits, start_positions, end_positions)
+    ignored = start_logits.shape[1]
+    sides = ((start_logits, start_positions), (end_logits, end_positions))
+    return sum(ops.softmax_cross_entropy(logits, positions.clamp(0, ignored), ignore_index=ignored,
+                                         reduction=reduction) for logits, positions in sides) / 2
+
+
 class BertForSequenceClassification(BertPreTrainedModel):
     """[CLS] pooler -> dropout -> linear; the last encoder layer computes the [CLS] rows only. Loss by `config.problem_type`, decided as transformers
     does when None: num_labels == 1 -> "regression" (MSE), integer labels -> single-label
@@ -39,13 +67,14 @@ class BertForSequenceClassification(BertPreTrainedModel):
         self.post_init()
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None,
-                return_dict=True):
+                return_dict=True, loss_reduction="mean"):
         first_tokens = self.bert.encode_first_tokens(input_ids, attention_mask, token_type_ids, position_ids)
         logits = self.classifier(self.dropout(self.bert.pooler(first_tokens)))
-        loss = None if labels is None else self.loss(logits, labels)
+        loss = None if labels is None else self.loss(logits, labels, loss_reduction)
         return _finish(SequenceClassifierOutput(loss=loss, logits=logits), return_dict)
 
-    def loss(self, logits, labels):
+    def loss(self, logits, labels, reduction="mean"):
+        reduction = _check_reduction(reduction)
         config = self.config
         if config.problem_type is None:
             if self.num_labels == 1:
@@ -56,11 +85,11 @@ class BertForSequenceClassification(BertPreTrainedModel):
                 config.problem_type = "multi_label_classification"
         if config.problem_type == "regression":
             if self.num_labels == 1:
-                return F.mse_loss(logits.squeeze().float(), labels.squeeze().float())
-            return F.mse_loss(logits.float(), labels.float())
+                return F.mse_loss(logits.squeeze().float(), labels.squeeze().float(), reduction=reduction)
+            return F.mse_loss(logits.float(), labels.float(), reduction=reduction)
         if config.problem_type == "single_label_classification":
-            return ops.softmax_cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
-        return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+            return ops.softmax_cross_entropy(logits.view(-1, self.num_labels), labels.view(-1), reduction=reduction)
+        return F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction=reduction)
 
 
 class BertForTokenClassification(BertPreTrainedModel):
@@ -75,10 +104,12 @@ class BertForTokenClassification(BertPreTrainedModel):
         self.post_init()
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None,
-                return_dict=True):
+                return_dict=True, loss_reduction="mean"):
         hidden, packing = self.bert.encode(input_ids, attention_mask, token_type_ids, position_ids)
         logits = self.classifier(self.dropout(hidden))  # (tokens, num_labels)
-        loss = None if labels is None else ops.softmax_cross_entropy(logits, packing.pack(labels))
+        loss = None
+        if labels is not None:
+            loss = ops.softmax_cross_entropy(logits, packing.pack(labels), reduction=_check_reduction(loss_reduction))
         return _finish(TokenClassifierOutput(loss=loss, logits=packing.pad(logits)), return_dict)
 
 
@@ -97,7 +128,7 @@ class BertForQuestionAnswering(BertPreTrainedModel):
         self.post_init()
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, start_positions=None,
-                end_positions=None, return_dict=True):
+                end_positions=None, return_dict=True, loss_reduction="mean"):
         hidden, packing = self.bert.encode(input_ids, attention_mask, token_type_ids, position_ids)
         logits = self.qa_outputs(hidden)
         logits = packing.pad(logits, fill=torch.finfo(logits.dtype).min)
@@ -108,7 +139,7 @@ class BertForQuestionAnswering(BertPreTrainedModel):
                 start_positions = start_positions.squeeze(-1)
             if end_positions.dim() > 1:
                 end_positions = end_positions.squeeze(-1)
-            loss = ops.span_loss(start_logits, end_logits, start_positions, end_positions)
+            loss = span_loss(start_logits, end_logits, start_positions, end_positions, _check_reduction(loss_reduction))
         return _finish(QuestionAnsweringOutput(loss=loss, start_logits=start_logits, end_logits=end_logits),
                        return_dict)
 
@@ -145,10 +176,19 @@ class BertLMPredictionHead(nn.Module):
                                             bias=self.decoder.bias)
 
 
-def _tie_decoder(model, prediction_head):
-    prediction_head.decoder.bias = prediction_head.bias
-    if model.config.tie_word_embeddings:
-        prediction_head.decoder.weight = model.bert.embeddings.word_embeddings.weight
+class _TiedDecoder:
+    """For the models whose `cls.predictions` decodes to the vocabulary: the decoder's bias is
+    the head's `bias`, and its weight the word embeddings (unless config.tie_word_embeddings
+    is False)."""
+
+    def tie_weights(self):
+        prediction_head = self.cls.predictions
+        prediction_head.decoder.bias = prediction_head.bias
+        if self.config.tie_word_embeddings:
+            prediction_head.decoder.weight = self.bert.embeddings.word_embeddings.weight
+
+    def get_output_embeddings(self):
+        return self.cls.predictions.decoder
 
 
 def _mlm_outputs(prediction_head, hidden, packing, labels, return_logits):
@@ -167,7 +207,7 @@ class _OnlyMLMHead(nn.Module):
         self.predictions = BertLMPredictionHead(config)
 
 
-class BertForMaskedLM(BertPreTrainedModel):
+class BertForMaskedLM(_TiedDecoder, BertPreTrainedModel):
     """Masked-LM head. `return_logits` (default: True unless training with labels) says whether the
     (batch, seq, vocab) logits are computed: without them the loss runs through the fused
     linear + cross-entropy on the labelled tokens only."""
@@ -177,12 +217,6 @@ class BertForMaskedLM(BertPreTrainedModel):
         self.bert = BertModel(config, add_pooling_layer=False)
         self.cls = _OnlyMLMHead(config)
         self.post_init()
-
-    def tie_weights(self):
-        _tie_decoder(self, self.cls.predictions)
-
-    def get_output_embeddings(self):
-        return self.cls.predictions.decoder
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None,
                 return_dict=True, return_logits=None):
@@ -200,7 +234,7 @@ class BertPreTrainingHeads(nn.Module):
         self.seq_relationship = nn.Linear(config.hidden_size, 2)
 
 
-class BertForPreTraining(BertPreTrainedModel):
+class BertForPreTraining(_TiedDecoder, BertPreTrainedModel):
     """Masked-LM + next-sentence prediction; loss = MLM loss + NSP loss when both `labels` and
     `next_sentence_label` are given. `return_logits` as in BertForMaskedLM."""
 
@@ -209,12 +243,6 @@ class BertForPreTraining(BertPreTrainedModel):
         self.bert = BertModel(config)
         self.cls = BertPreTrainingHeads(config)
         self.post_init()
-
-    def tie_weights(self):
-        _tie_decoder(self, self.cls.predictions)
-
-    def get_output_embeddings(self):
-        return self.cls.predictions.decoder
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None,
                 next_sentence_label=None, return_dict=True, return_logits=None):
