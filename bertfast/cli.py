@@ -1,4 +1,11 @@
-"""The `bertfast` command: finetune, predict, evaluate, bench, info."""
+"""The `bertfast` command (also `python -m bertfast`), with five subcommands (their --help says more):
+
+  finetune   fine-tune a BERT checkpoint on a task (classify, pair, regress, tag, qa); resumable, DDP
+  predict    apply a fine-tuned model to a data file: one JSON line per example
+  evaluate   score a fine-tuned model on a labelled data file
+  bench      throughput and memory of bertfast's BERT against transformers'
+  info       what this bertfast was built with and what it runs on
+"""
 import argparse
 import json
 import os
@@ -88,12 +95,13 @@ def _predict_parsers(sub):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="bertfast", description="Fast BERT fine-tuning and prediction.")
+    parser = argparse.ArgumentParser(prog="bertfast", description="Fast BERT: finetune, predict, evaluate, "
+                                     "bench, info. `bertfast COMMAND --help` explains each.")
     sub = parser.add_subparsers(dest="command", metavar="{finetune,predict,evaluate,bench,info}")
     _finetune_parser(sub)
     _predict_parsers(sub)
     from .bench import command as bench_command
-    bench_command.add_arguments(sub.add_parser("bench", help="throughput and memory against transformers",
+    bench_command.add_arguments(sub.add_parser("bench", help="throughput and memory of bertfast's BERT against transformers'",
                                                description=bench_command.__doc__,
                                                formatter_class=argparse.RawDescriptionHelpFormatter))
     sub.add_parser("info", help="what this bertfast was built with and what it runs on",
@@ -169,33 +177,41 @@ def main(argv=None):
         return 0
     from .finetune.data import DataError
     from .finetune.trainer import FinetuneError
+    run = {"finetune": _run_finetune, "predict": _run_predict, "evaluate": _run_evaluate}[args.command]
     try:
-        if args.command == "finetune":
-            return _run_finetune(args)
-        if args.command == "predict":
-            from .finetune.predict import predict
-            n, truncated = predict(args.model, args.input, args.output, args.task, args.device, args.precision,
-                                   args.batch_size, args.max_length)
-            print(f"wrote {n} predictions to {args.output}"
-                  + (f" ({truncated} inputs truncated to the maximum length)" if truncated else ""))
-            return 0
-        if args.command == "evaluate":
-            from .finetune.predict import evaluate
-            result = evaluate(args.model, args.data, args.task, args.device, args.precision, args.batch_size,
-                              args.max_length)
-            text = json.dumps(result, indent=2)
-            print(text)
-            if args.output:
-                from .finetune.checkpoints import atomic_write_bytes
-                atomic_write_bytes(args.output, (text + "\n").encode())
-            return 0
+        return run(args)
     except (DataError, FinetuneError, FileNotFoundError, ValueError, OSError) as e:
         return _fail(args.command, e)
     except KeyboardInterrupt:
-        output = getattr(args, "output", None) or ""
-        kept = args.command == "finetune" and os.path.exists(os.path.join(output, "checkpoints", "POINTER.json"))
-        return _fail(args.command, f"interrupted; continue with `bertfast finetune --resume --output {output}`"
-                     if kept else "interrupted")
+        return _fail(args.command, _interrupted(args))
+
+
+def _interrupted(args):
+    """What to say on Ctrl-C: how to continue a fine-tuning run that has a checkpoint."""
+    from .finetune.checkpoints import has_checkpoint
+    output = getattr(args, "output", None) or ""
+    if args.command == "finetune" and has_checkpoint(output):
+        return f"interrupted; continue with `bertfast finetune --resume --output {output}`"
+    return "interrupted"
+
+
+def _run_predict(args):
+    from .finetune.predict import predict
+    n, truncated = predict(args.model, args.input, args.output, args.task, args.device, args.precision,
+                           args.batch_size, args.max_length)
+    print(f"wrote {n} predictions to {args.output}"
+          + (f" ({truncated} inputs truncated to the maximum length)" if truncated else ""))
+    return 0
+
+
+def _run_evaluate(args):
+    from .finetune.predict import evaluate
+    result = evaluate(args.model, args.data, args.task, args.device, args.precision, args.batch_size,
+                      args.max_length)
+    print(json.dumps(result, indent=2))
+    if args.output:
+        from ._files import atomic_write_json
+        atomic_write_json(args.output, result)
     return 0
 
 

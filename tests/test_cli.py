@@ -132,3 +132,27 @@ def test_predict_and_evaluate_errors(tiny, tmp_path, capsys):
     assert code == 1 and "bertfast_task.json" in err  # not a fine-tuned model: say what to do
     code, _, err = run(capsys, "evaluate", "--model", tmp_path / "nothing", "--data", sample_path("classify"))
     assert code == 1 and "does not exist" in err
+
+
+def test_every_command_is_named_in_the_docstring_and_help(capsys):
+    import bertfast.cli
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    assert set(commands) == {"finetune", "predict", "evaluate", "bench", "info"}
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    for command, sub in commands.items():
+        assert f"\n  {command} " in bertfast.cli.__doc__, command
+        assert command in parser.description and command in text, command
+        assert sub.description, command  # `bertfast COMMAND --help` says what it does
+
+
+def test_interrupt_message_names_resume_only_with_a_checkpoint(tmp_path):
+    from bertfast.cli import _interrupted
+    from bertfast.finetune.checkpoints import POINTER, checkpoints_dir
+    args = build_parser().parse_args(["finetune", "--output", str(tmp_path)])
+    assert _interrupted(args) == "interrupted"
+    os.makedirs(checkpoints_dir(str(tmp_path)))
+    (tmp_path / "checkpoints" / POINTER).write_text("{}")
+    assert "--resume --output" in _interrupted(args)
