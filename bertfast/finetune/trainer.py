@@ -305,7 +305,7 @@ def _train(cfg, ctx, log, tok, labels, train_examples, eval_examples):
             _train_step(run, data, state, pointer, progress, group, len(groups))
     seconds = progress.close()
     if ctx.is_main:
-        _finish(cfg, run.model, run.task_info, pointer, run.ckpt_dir)
+        _finish(run, pointer)
     if ctx.enabled:
         torch.distributed.barrier()
     log(_farewell(cfg, state))
@@ -617,7 +617,7 @@ def _save_if_best(run, state, eval_metrics):
     return name
 
 
-# ---- the end: the final model in the output folder ----
+# ---- the eval log, and the end: the final model in the output folder ----
 
 def _append_jsonl(path, record):
     with open(path, "a") as f:
@@ -635,16 +635,16 @@ def _truncate_eval_log(path, step):
     atomic_write_text(path, "".join(kept))
 
 
-def _finish(cfg, model, task_info, pointer, ckpt_dir):
+def _finish(run, pointer):
     """Put the final model (the best evaluated one, else the last) in the output folder itself,
     one atomic file at a time with the weights last, then retire the training checkpoints."""
-    out_dir = cfg.output
+    cfg, ckpt_dir, out_dir = run.cfg, run.ckpt_dir, run.cfg.output
     source = os.path.join(ckpt_dir, pointer["best"]) if pointer.get("best") else None
     staging = os.path.join(out_dir, ".final.tmp")
     shutil.rmtree(staging, ignore_errors=True)
     os.makedirs(staging)
     if source is None:
-        save_model_files(model, cfg.model, task_info, staging)
+        save_model_files(run.model, cfg.model, run.task_info, staging)
     else:
         for name in os.listdir(source):
             shutil.copyfile(os.path.join(source, name), os.path.join(staging, name))

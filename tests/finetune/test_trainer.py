@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from bertfast.finetune import metrics
+from bertfast.finetune.checkpoints import POINTER
 from bertfast.finetune.data import sample_path
 from bertfast.finetune.trainer import FinetuneConfig, finetune
 
@@ -109,7 +110,7 @@ def test_resume_after_kills_is_bitwise_identical(tiny, tmp_path):
     killed = tmp_path / "killed"
     first = run_cli(args(killed), {"BERTFAST_TEST_DIE_AT": "save:4"}, check=False)
     assert first.returncode == 17
-    assert json.load(open(killed / "checkpoints" / "POINTER.json"))["latest"] == "step-00000003"  # saved at 2, 3 (eval); killed saving 4
+    assert json.load(open(killed / "checkpoints" / POINTER))["latest"] == "step-00000003"  # saved at 2, 3 (eval); killed saving 4
     second = run_cli(["finetune", "--resume", "--output", str(killed), "--no-progress"],
                      {"BERTFAST_TEST_DIE_AT": "step:7"}, check=False)
     assert second.returncode == 17, second.stderr
@@ -119,8 +120,8 @@ def test_resume_after_kills_is_bitwise_identical(tiny, tmp_path):
         assert a.keys() == b.keys()
         for k in a:
             assert torch.equal(a[k], b[k]), k
-    pa = json.load(open(tmp_path / "straight" / "checkpoints" / "POINTER.json"))
-    pb = json.load(open(killed / "checkpoints" / "POINTER.json"))
+    pa = json.load(open(tmp_path / "straight" / "checkpoints" / POINTER))
+    pb = json.load(open(killed / "checkpoints" / POINTER))
     assert pa == pb
     la, lb = weights(tmp_path / "straight" / "checkpoints" / pa["latest"]), weights(killed / "checkpoints" / pb["latest"])
     for k in la:
