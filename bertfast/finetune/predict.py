@@ -5,7 +5,7 @@ import os
 import torch
 
 from . import evaluation
-from .data import Columns, check_known_labels, load_examples
+from .data import Columns, load_examples
 from .distributed import resolve_device
 from .tokenization import BertTokenizer, encode_qa_examples, encode_tag_examples, encode_text_examples
 from .checkpoints import atomic_write_bytes
@@ -42,8 +42,6 @@ def _run(model_dir, data, task, device, precision, batch_size, max_length, need_
     device = resolve_device(device)
     info, task, tok, model, labels, max_length = _load(model_dir, task, device, max_length)
     examples = load_examples(task, data, _columns(info), need_labels=need_labels)
-    if need_labels:
-        check_known_labels(task, examples, labels, data)
     features, truncated = _features(task, tok, examples, info, max_length)
     outputs = evaluation.model_outputs(model, task, features, batch_size, device, precision, tok.pad_id)
     predictions = evaluation.decode(task, examples, features, outputs, labels)

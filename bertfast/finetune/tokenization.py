@@ -44,8 +44,12 @@ class BertTokenizer:
     def __init__(self, model_dir):
         path = os.path.join(model_dir, "tokenizer.json")
         vocab = os.path.join(model_dir, "vocab.txt")
+        bpe = [os.path.join(model_dir, name) for name in ("vocab.json", "merges.txt")]
         if os.path.exists(path):
             self.tokenizer = Tokenizer.from_file(path)
+        elif all(os.path.exists(f) for f in bpe):  # a RoBERTa folder without tokenizer.json
+            from tokenizers.implementations import ByteLevelBPETokenizer
+            self.tokenizer = ByteLevelBPETokenizer(*bpe)._tokenizer
         elif os.path.exists(vocab):
             from tokenizers.implementations import BertWordPieceTokenizer
             self.tokenizer = BertWordPieceTokenizer(vocab, lowercase=_lowercase(model_dir))._tokenizer
@@ -180,7 +184,7 @@ def encode_text_examples(tok, examples, max_length, label_to_id=None):
         ids, types = tok.assemble(a[:keep_a], b[:keep_b] if b is not None else None)
         label = ex.label
         if label is not None and label_to_id is not None:
-            label = label_to_id[label]
+            label = label_to_id.get(label, IGNORE_INDEX)  # a label training never saw (evaluation only)
         features.append(Feature(ids, types, label=label, example_index=i))
     return features, truncated
 
@@ -201,7 +205,7 @@ def encode_tag_examples(tok, examples, max_length, label_to_id=None):
             if first_piece:
                 word_starts[w] = pos
             tag = ex.tags[w] if (first_piece and ex.tags is not None and label_to_id is not None) else None
-            labels.append(label_to_id[tag] if tag is not None else IGNORE_INDEX)
+            labels.append(label_to_id.get(tag, IGNORE_INDEX) if tag is not None else IGNORE_INDEX)  # unseen: not trained
             previous = w
         labels.append(IGNORE_INDEX)
         input_ids, types = tok.assemble(ids)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from . import checkpoints as ckpt
 from . import distributed, evaluation, metrics
-from .data import Columns, DataError, check_known_labels, label_list, load_examples
+from .data import Columns, DataError, describe_unseen, label_list, load_examples, unseen_labels
 from .data.batching import collate, epoch_batches, loss_items, shard
 from .tokenization import BertTokenizer, encode_qa_examples, encode_tag_examples, encode_text_examples
 from .models import check_model_dir, load_model, save_model_files
@@ -236,7 +236,9 @@ def _finetune(cfg, ctx):
     eval_examples = None
     if cfg.eval:
         eval_examples = load_examples(cfg.task, cfg.eval, columns)
-        check_known_labels(cfg.task, eval_examples, labels, cfg.eval)
+        unseen = describe_unseen(cfg.task, unseen_labels(cfg.task, eval_examples, labels))
+        if unseen:
+            log(f"eval: {cfg.eval}: {unseen}")
     created = _rank0_check(ctx, lambda: _prepare_output(cfg, ctx))
     try:
         return _train(cfg, ctx, log, tok, labels, train_examples, eval_examples)
