@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from bertfast.cli import main
 from family_testing import make_tiny_roberta
+from test_cli import run
 
 transformers = pytest.importorskip("transformers")
 
@@ -39,19 +39,13 @@ def tiny_roberta(tmp_path_factory):
     return make_tiny_roberta(tmp_path_factory.mktemp("roberta"))
 
 
-def _run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 @pytest.mark.parametrize("task", ["classify", "pair", "tag", "qa"])
 def test_finetune_predict_evaluate_roberta(task, tiny_roberta, tmp_path, capsys):
     name, train, evaluation = FILES[task]
     (tmp_path / name).write_text(train)
     (tmp_path / ("eval" + name[5:])).write_text(evaluation)
     out = tmp_path / "out"
-    code, stdout, err = _run(capsys, "finetune", "--task", task, "--model", tiny_roberta, "--train", tmp_path / name,
+    code, stdout, err = run(capsys, "finetune", "--task", task, "--model", tiny_roberta, "--train", tmp_path / name,
                              "--eval", tmp_path / ("eval" + name[5:]), "--output", out, "--device", "cpu",
                              "--epochs", "1", "--batch-size", "8", "--max-length", "32", "--no-progress")
     assert code == 0, err
@@ -60,12 +54,12 @@ def test_finetune_predict_evaluate_roberta(task, tiny_roberta, tmp_path, capsys)
     log = (out / "train_log.txt").read_text()
     if task == "tag":  # B-REGION is in the eval file only: evaluated, counted, reported
         assert "1 tokens have labels that never occur in the training data" in log and "'B-REGION' (1)" in log
-    code, stdout, err = _run(capsys, "evaluate", "--model", out, "--data", tmp_path / ("eval" + name[5:]),
+    code, stdout, err = run(capsys, "evaluate", "--model", out, "--data", tmp_path / ("eval" + name[5:]),
                              "--device", "cpu")
     assert code == 0, err
     if task == "tag":
         assert '"unseen_labels": 1' in stdout
-    code, _, err = _run(capsys, "predict", "--model", out, "--input", tmp_path / ("eval" + name[5:]),
+    code, _, err = run(capsys, "predict", "--model", out, "--input", tmp_path / ("eval" + name[5:]),
                         "--output", tmp_path / "pred.jsonl", "--device", "cpu")
     assert code == 0, err
     assert (tmp_path / "pred.jsonl").read_text().count("\n") >= 2
