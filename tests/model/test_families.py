@@ -187,3 +187,15 @@ def test_unknown_model_type_is_refused():
         bertfast.BertConfig(model_type="gpt2")
     with pytest.raises(ValueError, match="next-sentence"):
         bertfast.BertForPreTraining(bertfast.BertConfig(**family_config("roberta").to_dict()))
+
+
+def test_roberta_torch_compile_fullgraph_matches_eager():
+    """RoBERTa's position ids (cumsum over the grid, then packed) trace without graph breaks."""
+    hf_config = family_config("roberta")
+    model = bertfast.BertForSequenceClassification(bertfast.BertConfig(**hf_config.to_dict())).eval()
+    ids, mask, _ = family_inputs(hf_config, 0)
+    labels = torch.tensor([0, 1, 2])
+    out = torch.compile(model, fullgraph=True)(ids, attention_mask=mask, labels=labels)
+    ref = model(ids, attention_mask=mask, labels=labels)
+    assert_close(out.logits, ref.logits, "logits")
+    assert_close(out.loss, ref.loss, "loss")
