@@ -6,6 +6,7 @@ import torch
 from .._precision import autocast
 from . import metrics
 from .data.batching import collate, eval_order
+from .data.tasks import unseen_labels
 from .distributed import DistContext, all_gather_objects
 from .qa_postprocess import best_answers
 
@@ -76,7 +77,17 @@ def decode(task, examples, features, outputs, labels, n_best=20, max_answer_leng
 
 
 def score(task, examples, predictions, labels):
-    """Metrics of the predictions against the examples' own labels."""
+    """Metrics of the predictions against the examples' own labels. Labels the model never saw in
+    training are errors (for classes: one extra class that is never predicted), and their number is
+    given as `unseen_labels`."""
+    unseen = sum(unseen_labels(task, examples, labels).values()) if task in ("classify", "pair", "tag") else 0
+    result = _score(task, examples, predictions, labels)
+    if unseen:
+        result["unseen_labels"] = unseen
+    return result
+
+
+def _score(task, examples, predictions, labels):
     if task == "qa":
         return metrics.squad_metrics({ex["id"]: p["text"] for ex, p in zip(examples, predictions)}, examples)
     if task == "regress":
@@ -85,5 +96,6 @@ def score(task, examples, predictions, labels):
         return metrics.tagging_metrics([p["tags"] for p in predictions], [ex.tags for ex in examples],
                                        bio=metrics.is_bio(labels))
     index = {name: i for i, name in enumerate(labels)}
-    return metrics.classification_metrics([index[p["label"]] for p in predictions],
-                                          [index[ex.label] for ex in examples], len(labels))
+    gold = [index.get(ex.label, len(labels)) for ex in examples]  # len(labels): a class never predicted
+    return metrics.classification_metrics([index[p["label"]] for p in predictions], gold,
+                                          len(labels) + (max(gold) == len(labels)))

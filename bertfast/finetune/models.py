@@ -16,7 +16,8 @@ MODEL_CLASS = {
     "tag": "BertForTokenClassification",
     "qa": "BertForQuestionAnswering",
 }
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json",
+                   "vocab.json", "merges.txt", "sentencepiece.bpe.model", "spiece.model")  # every family's
 TASK_FILE = "bertfast_task.json"  # task, labels and tokenization settings saved with a fine-tuned model
 
 

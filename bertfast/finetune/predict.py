@@ -5,7 +5,7 @@ import os
 import torch
 
 from . import evaluation
-from .data import Columns, check_known_labels, load_examples
+from .data import Columns, load_examples
 from .distributed import resolve_device
 from .._files import atomic_write_text
 from .tokenization import BertTokenizer, encode_examples
@@ -34,8 +34,6 @@ def _run(model_dir, data, task, device, precision, batch_size, max_length, need_
     device = resolve_device(device)
     info, task, tok, model, labels, max_length = _load(model_dir, task, device, max_length)
     examples = load_examples(task, data, _columns(info), need_labels=need_labels)
-    if need_labels:
-        check_known_labels(task, examples, labels, data)
     features, truncated = encode_examples(task, tok, examples, max_length, info.get("doc_stride", 128))
     outputs = evaluation.model_outputs(model, task, features, batch_size, device, precision, tok.pad_id)
     predictions = evaluation.decode(task, examples, features, outputs, labels)

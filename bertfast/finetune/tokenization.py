@@ -26,15 +26,30 @@ class Feature:
     end_position: int = 0
 
 
+# (first, separator, pad) tokens, and how many separators stand between the two texts of a pair
+SPECIAL_LAYOUTS = {"bert": (("[CLS]", "[SEP]", "[PAD]"), 1),      # [CLS] A [SEP] B [SEP], types 0 then 1
+                   "roberta": (("<s>", "</s>", "<pad>"), 2)}     # <s> A </s></s> B </s>, one token type
+_ROBERTA_STYLE = ("roberta", "xlm-roberta", "camembert")
+
+
 class BertTokenizer:
     """`tokenizers.Tokenizer` without its own truncation or padding (we do both), plus the
-    special token ids that BERT inputs are assembled from."""
+    special token ids that inputs are assembled from: BERT's `[CLS] A [SEP] B [SEP]` (types 0/1)
+    or RoBERTa's `<s> A </s></s> B </s>` (one type), as the model folder's `config.json`
+    (`model_type`, `type_vocab_size`) and the vocabulary say. Any `tokenizer.json` works:
+    WordPiece, byte-level BPE, Unigram/SentencePiece. Pre-split words (tagging) go through a copy
+    whose byte-level pre-tokenizer adds the leading space, so that each word is tokenized as it
+    would be inside a sentence (transformers' `add_prefix_space=True`)."""
 
     def __init__(self, model_dir):
         path = os.path.join(model_dir, "tokenizer.json")
         vocab = os.path.join(model_dir, "vocab.txt")
+        bpe = [os.path.join(model_dir, name) for name in ("vocab.json", "merges.txt")]
         if os.path.exists(path):
             self.tokenizer = Tokenizer.from_file(path)
+        elif all(os.path.exists(f) for f in bpe):  # a RoBERTa folder without tokenizer.json
+            from tokenizers.implementations import ByteLevelBPETokenizer
+            self.tokenizer = ByteLevelBPETokenizer(*bpe)._tokenizer
         elif os.path.exists(vocab):
             from tokenizers.implementations import BertWordPieceTokenizer
             self.tokenizer = BertWordPieceTokenizer(vocab, lowercase=_lowercase(model_dir))._tokenizer
@@ -42,27 +57,87 @@ class BertTokenizer:
             raise FileNotFoundError(f"{model_dir}: no tokenizer.json or vocab.txt to tokenize with")
         self.tokenizer.no_truncation()
         self.tokenizer.no_padding()
-        ids = {name: self.tokenizer.token_to_id(name) for name in ("[CLS]", "[SEP]", "[PAD]")}
-        missing = [k for k, v in ids.items() if v is None]
-        if missing:
-            raise ValueError(f"{model_dir}: the vocabulary lacks the BERT special tokens {missing}")
-        self.cls_id, self.sep_id, self.pad_id = ids["[CLS]"], ids["[SEP]"], ids["[PAD]"]
+        self.word_tokenizer = _with_prefix_space(self.tokenizer)
+        config = _model_config(model_dir)
+        layout = _special_layout(model_dir, self.tokenizer, config.get("model_type", "bert"))
+        (cls, sep, pad), separators = SPECIAL_LAYOUTS[layout]
+        self.cls_id, self.sep_id, self.pad_id = (self.tokenizer.token_to_id(t) for t in (cls, sep, pad))
+        self.between = [self.sep_id] * separators  # after the first text of a pair
+        self.typed_pairs = layout == "bert" and config.get("type_vocab_size", 2) >= 2
+
+    def specials(self, pair):
+        """How many special tokens a single text (pair=False) or a pair gets."""
+        return 1 + len(self.between) + 1 if pair else 2
 
     def encode_texts(self, texts):
         return self.tokenizer.encode_batch(list(texts), add_special_tokens=False)
 
     def encode_words(self, word_lists):
-        return self.tokenizer.encode_batch([list(w) for w in word_lists], is_pretokenized=True,
-                                           add_special_tokens=False)
+        return self.word_tokenizer.encode_batch([list(w) for w in word_lists], is_pretokenized=True,
+                                                add_special_tokens=False)
 
     def assemble(self, a, b=None):
-        """[CLS] a [SEP] (b [SEP]) with token types 0 for the first segment, 1 for the second."""
-        ids = [self.cls_id] + a + [self.sep_id]
+        """first a sep (sep.. b sep); token types 0 for the first segment, 1 for the second (BERT's
+        layout), all 0 in RoBERTa's."""
+        ids = [self.cls_id] + a + self.between[:1]
         types = [0] * len(ids)
         if b is not None:
-            ids += b + [self.sep_id]
-            types += [1] * (len(b) + 1)
+            ids += self.between[1:] + b + [self.sep_id]
+            types += [1 if self.typed_pairs else 0] * (len(self.between) - 1 + len(b) + 1)
         return ids, types
+
+
+def _model_config(model_dir):
+    try:
+        with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
+            config = json.load(f)
+        return config if isinstance(config, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _special_layout(model_dir, tokenizer, model_type):
+    """"roberta" or "bert": the model family's own, else whichever the vocabulary has."""
+    preferred = ["roberta", "bert"] if model_type in _ROBERTA_STYLE else ["bert", "roberta"]
+    for layout in preferred:
+        if all(tokenizer.token_to_id(t) is not None for t in SPECIAL_LAYOUTS[layout][0]):
+            return layout
+    wanted = " or ".join("/".join(SPECIAL_LAYOUTS[k][0]) for k in preferred)
+    raise ValueError(f"{model_dir}: the vocabulary lacks the special tokens of a {model_type!r} model ({wanted})")
+
+
+def _with_prefix_space(tokenizer):
+    """A copy of `tokenizer` whose ByteLevel pre-tokenizers add a leading space (the same object
+    when it has none)."""
+    spec = json.loads(tokenizer.to_str())
+    changed = False
+
+    def visit(node):
+        nonlocal changed
+        if isinstance(node, dict):
+            if node.get("type") == "ByteLevel" and node.get("add_prefix_space") is False:
+                node["add_prefix_space"] = changed = True
+            for value in node.values():
+                visit(value)
+        elif isinstance(node, list):
+            for value in node:
+                visit(value)
+
+    visit(spec.get("pre_tokenizer"))
+    return Tokenizer.from_str(json.dumps(spec)) if changed else tokenizer
+
+
+def trim_offsets(text, offsets):
+    """Character spans without the whitespace a token carries (byte-level BPE's `Ġ`, SentencePiece's
+    `▁`), so that an answer's text starts at its first character."""
+    out = []
+    for start, end in offsets:
+        while start < end and text[start].isspace():
+            start += 1
+        while end > start and text[end - 1].isspace():
+            end -= 1
+        out.append((start, end))
+    return out
 
 
 def _lowercase(model_dir):
@@ -101,15 +176,15 @@ def encode_text_examples(tok, examples, max_length, label_to_id=None):
         a = ea.ids
         b = eb.ids if eb is not None else None
         if b is None:
-            keep_a, keep_b = min(len(a), max_length - 2), None
+            keep_a, keep_b = min(len(a), max_length - tok.specials(False)), None
         else:
-            keep_a, keep_b = longest_first(len(a), len(b), max_length - 3)
+            keep_a, keep_b = longest_first(len(a), len(b), max_length - tok.specials(True))
         if keep_a < len(a) or (b is not None and keep_b < len(b)):
             truncated += 1
         ids, types = tok.assemble(a[:keep_a], b[:keep_b] if b is not None else None)
         label = ex.label
         if label is not None and label_to_id is not None:
-            label = label_to_id[label]
+            label = label_to_id.get(label, IGNORE_INDEX)  # a label training never saw (evaluation only)
         features.append(Feature(ids, types, label=label, example_index=i))
     return features, truncated
 
@@ -120,7 +195,7 @@ def encode_tag_examples(tok, examples, max_length, label_to_id=None):
     encodings = tok.encode_words(ex.tokens for ex in examples)
     features, truncated = [], 0
     for i, (ex, enc) in enumerate(zip(examples, encodings)):
-        ids = enc.ids[: max_length - 2]
+        ids = enc.ids[: max_length - tok.specials(False)]
         if len(ids) < len(enc.ids):
             truncated += 1
         word_ids = enc.word_ids[: len(ids)]
@@ -130,7 +205,7 @@ def encode_tag_examples(tok, examples, max_length, label_to_id=None):
             if first_piece:
                 word_starts[w] = pos
             tag = ex.tags[w] if (first_piece and ex.tags is not None and label_to_id is not None) else None
-            labels.append(label_to_id[tag] if tag is not None else IGNORE_INDEX)
+            labels.append(label_to_id.get(tag, IGNORE_INDEX) if tag is not None else IGNORE_INDEX)  # unseen: not trained
             previous = w
         labels.append(IGNORE_INDEX)
         input_ids, types = tok.assemble(ids)
@@ -141,7 +216,8 @@ def encode_tag_examples(tok, examples, max_length, label_to_id=None):
 
 
 def encode_qa_examples(tok, examples, max_length, doc_stride=128, max_query_length=64):
-    """SQuAD-style windows: [CLS] question [SEP] context window [SEP]; consecutive windows
+    """SQuAD-style windows: [CLS] question [SEP] context window [SEP] (RoBERTa's layout:
+    <s> question </s></s> window </s>); character offsets without the tokens' leading spaces; consecutive windows
     overlap by doc_stride tokens. Returns (features, number of questions truncated)."""
     questions = tok.encode_texts(ex["question"] for ex in examples)
     contexts = tok.encode_texts(ex["context"] for ex in examples)
@@ -149,7 +225,7 @@ def encode_qa_examples(tok, examples, max_length, doc_stride=128, max_query_leng
     for i, (ex, eq, ec) in enumerate(zip(examples, questions, contexts)):
         q = eq.ids[:max_query_length]
         truncated += len(q) < len(eq.ids)
-        window = max_length - len(q) - 3
+        window = max_length - len(q) - tok.specials(True)
         if window < 8:
             raise ValueError(f"--max-length {max_length} leaves no room for the context after a "
                              f"{len(q)}-token question; use a larger --max-length")
@@ -161,11 +237,12 @@ def encode_qa_examples(tok, examples, max_length, doc_stride=128, max_query_leng
             if end >= n:
                 break
             start = end - stride
-        answer = _answer_tokens(ex, ec.offsets)
+        context_offsets = trim_offsets(ex["context"], ec.offsets)
+        answer = _answer_tokens(ex, context_offsets)
         for s, e in spans:
             ids, types = tok.assemble(q, ec.ids[s:e])
-            context_from = len(q) + 2
-            offsets = [None] * context_from + list(ec.offsets[s:e]) + [None]
+            context_from = len(q) + len(tok.between) + 1
+            offsets = [None] * context_from + context_offsets[s:e] + [None]
             max_context = [False] * context_from + [_is_max_context(spans, (s, e), t) for t in range(s, e)] + [False]
             sp = ep = 0
             if answer is not None and s <= answer[0] and answer[1] < e:

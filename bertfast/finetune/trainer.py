@@ -23,7 +23,7 @@ from .. import _precision
 from .._files import atomic_write_json, atomic_write_text, empty_folder, fsync_dir, fsync_tree
 from . import checkpoints as ckpt
 from . import distributed, evaluation, metrics
-from .data import Columns, DataError, check_known_labels, label_list, load_examples
+from .data import Columns, DataError, describe_unseen, label_list, load_examples, unseen_labels
 from .data.batching import collate, epoch_batches, loss_items, shard
 from .tokenization import IGNORE_INDEX, BertTokenizer, encode_examples
 from .models import check_model_dir, load_model, save_model_files
@@ -120,6 +120,9 @@ def _finetune(cfg, ctx):
         cfg = _resumed_config(cfg)
     _check_settings(cfg, ctx.device)
     tok, labels, train_examples, eval_examples = _read_inputs(cfg)
+    unseen = eval_examples and describe_unseen(cfg.task, unseen_labels(cfg.task, eval_examples, labels))
+    if unseen:
+        log(f"eval: {cfg.eval}: {unseen}")
     created = _rank0_check(ctx, lambda: _prepare_output(cfg))
     try:
         return _train(cfg, ctx, log, tok, labels, train_examples, eval_examples)
@@ -160,7 +163,6 @@ def _read_inputs(cfg):
     eval_examples = None
     if cfg.eval:
         eval_examples = load_examples(cfg.task, cfg.eval, columns)
-        check_known_labels(cfg.task, eval_examples, labels, cfg.eval)
     return tok, labels, train_examples, eval_examples
 
 

@@ -4,6 +4,7 @@ import json
 import os
 
 from .._files import atomic_write_text
+from . import families
 from .activations import ACTIVATIONS
 
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
@@ -48,9 +49,9 @@ class BertConfig:
 
     def __init__(self, **kwargs):
         model_type = kwargs.pop("model_type", "bert")
-        if model_type != "bert":
-            raise ValueError(f"BertConfig: the config describes a {model_type!r} model, not a BERT (model_type "
-                             "must be 'bert')")
+        kwargs = families.config_to_bert_fields(families.family(model_type), kwargs)
+        if model_type != "bert":  # the family (roberta, electra, ...): see bertfast.model.families
+            self.model_type = model_type
         for name, default in _DEFAULTS.items():
             setattr(self, name, kwargs.pop(name, copy.deepcopy(default)))
         id2label = kwargs.pop("id2label", None)
@@ -149,16 +150,16 @@ class BertConfig:
         return cls.from_json_file(file, **overrides)
 
     def to_dict(self):
-        out = {"model_type": "bert"}
+        out = {"model_type": self.model_type}
         for name, value in vars(self).items():
-            if name in ("id2label", "label2id"):
+            if name in ("id2label", "label2id", "model_type"):
                 continue
             out[name] = copy.deepcopy(value)
         if out.get("architectures") is None:
             out.pop("architectures", None)
         out["id2label"] = {str(k): v for k, v in self.id2label.items()}
         out["label2id"] = dict(self.label2id)
-        return out
+        return families.config_from_bert_fields(families.family(self.model_type), out)
 
     def to_json_string(self):
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import attention_routing
+from . import attention_routing, families
 from .activations import ACTIVATIONS
 from .config import BertConfig
 from ..ops import add_layer_norm
@@ -31,16 +31,20 @@ def compute_dtype(reference):
 class BertEmbeddings(nn.Module):
     def __init__(self, config):
         super().__init__()
-        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
-        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
-        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        family, size = families.of(config), families.embedding_size(config)  # ELECTRA's may differ from hidden
+        self.word_embeddings = nn.Embedding(config.vocab_size, size, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, size, padding_idx=(
+            config.pad_token_id if family.roberta_positions else None))
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, size) if family.token_types else None
+        self.LayerNorm = nn.LayerNorm(size, eps=config.layer_norm_eps)
         self.dropout_p = config.hidden_dropout_prob
 
     def forward(self, input_ids, token_type_ids, position_ids):
         """All arguments (tokens,) int64; returns (tokens, hidden)."""
         word = self.word_embeddings(input_ids)
-        other = self.position_embeddings(position_ids) + self.token_type_embeddings(token_type_ids)
+        other = self.position_embeddings(position_ids)
+        if self.token_type_embeddings is not None:  # DistilBERT has none
+            other = other + self.token_type_embeddings(token_type_ids)
         dtype = compute_dtype(word)
         # layer_norm(word + position + type) as one fused op: word is x, the rest the residual
         out = add_layer_norm(word.to(dtype), other.to(dtype), self.LayerNorm.weight, self.LayerNorm.bias,
@@ -292,8 +296,9 @@ class BertModel(BertPreTrainedModel):
     def __init__(self, config, add_pooling_layer=True):
         super().__init__(config)
         self.embeddings = BertEmbeddings(config)
+        self.embeddings_project = families.embeddings_project(config)  # ELECTRA: embedding -> hidden size
         self.encoder = BertEncoder(config)
-        self.pooler = BertPooler(config) if add_pooling_layer else None
+        self.pooler = BertPooler(config) if add_pooling_layer and families.of(config).pooler else None
         self.post_init()
 
     def get_input_embeddings(self):
@@ -311,13 +316,13 @@ class BertModel(BertPreTrainedModel):
                 raise ValueError(f"BertModel: {name} has shape {tuple(t.shape)}, expected input_ids' shape "
                                  f"{tuple(input_ids.shape)}")
         config = self.config
-        if position_ids is None and input_ids.shape[1] > config.max_position_embeddings:
+        if position_ids is None and input_ids.shape[1] > families.max_length(config):
             raise ValueError(f"BertModel: sequence length {input_ids.shape[1]} is longer than "
-                             f"max_position_embeddings={config.max_position_embeddings}")
+                             f"{families.max_length(config)} (max_position_embeddings={config.max_position_embeddings})")
         if not self.check_inputs:
             return
         checks = [("input_ids", input_ids, config.vocab_size, "vocab_size")]
-        if token_type_ids is not None:
+        if token_type_ids is not None and families.of(config).token_types:
             checks.append(("token_type_ids", token_type_ids, config.type_vocab_size, "type_vocab_size"))
         if position_ids is not None:
             checks.append(("position_ids", position_ids, config.max_position_embeddings, "max_position_embeddings"))
@@ -339,9 +344,16 @@ class BertModel(BertPreTrainedModel):
         batch, seqlen = input_ids.shape
         packing = Packing(batch, seqlen, input_ids.device, attention_mask)
         ids = packing.pack(input_ids)
-        types = torch.zeros_like(ids) if token_type_ids is None else packing.pack(token_type_ids)
-        positions = packing.positions() if position_ids is None else packing.pack(position_ids)
-        return self.embeddings(ids, types, positions), packing
+        no_types = token_type_ids is None or self.embeddings.token_type_embeddings is None
+        types = torch.zeros_like(ids) if no_types else packing.pack(token_type_ids)
+        if position_ids is None:
+            positions = families.position_ids(self.config, input_ids, packing)
+        else:
+            positions = packing.pack(position_ids)
+        hidden = self.embeddings(ids, types, positions)
+        if self.embeddings_project is not None:
+            hidden = self.embeddings_project(hidden)
+        return hidden, packing
 
     def encode_first_tokens(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None):
         """Final hidden state of each sequence's first token ([CLS]) only, (batch, hidden): the

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
-from .activations import ACTIVATIONS
+from . import families
 from .encoder import BertModel, BertPreTrainedModel
 from .outputs import (MaskedLMOutput, PreTrainingOutput, QuestionAnsweringOutput, SequenceClassifierOutput,
                       TokenClassifierOutput)
@@ -61,15 +61,17 @@ class BertForSequenceClassification(BertPreTrainedModel):
     def __init__(self, config):
         super().__init__(config)
         self.num_labels = config.num_labels
-        self.bert = BertModel(config)
+        family_head = families.sequence_head(config)  # None: BERT's pooler + linear
+        self.bert = BertModel(config, add_pooling_layer=family_head is None)
         self.dropout = nn.Dropout(_classifier_dropout(config))
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.classifier = family_head or nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None,
                 return_dict=True, loss_reduction="mean"):
         first_tokens = self.bert.encode_first_tokens(input_ids, attention_mask, token_type_ids, position_ids)
-        logits = self.classifier(self.dropout(self.bert.pooler(first_tokens)))
+        pooled = first_tokens if self.bert.pooler is None else self.dropout(self.bert.pooler(first_tokens))
+        logits = self.classifier(pooled)
         loss = None if labels is None else self.loss(logits, labels, loss_reduction)
         return _finish(SequenceClassifierOutput(loss=loss, logits=logits), return_dict)
 
@@ -124,13 +126,14 @@ class BertForQuestionAnswering(BertPreTrainedModel):
                              f"{config.num_labels}")
         self.num_labels = config.num_labels
         self.bert = BertModel(config, add_pooling_layer=False)
+        self.dropout = nn.Dropout(families.qa_dropout(config))  # DistilBERT's; 0 for the others
         self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, start_positions=None,
                 end_positions=None, return_dict=True, loss_reduction="mean"):
         hidden, packing = self.bert.encode(input_ids, attention_mask, token_type_ids, position_ids)
-        logits = self.qa_outputs(hidden)
+        logits = self.qa_outputs(self.dropout(hidden))
         logits = packing.pad(logits, fill=torch.finfo(logits.dtype).min)
         start_logits, end_logits = logits[..., 0].contiguous(), logits[..., 1].contiguous()
         loss = None
@@ -147,9 +150,10 @@ class BertForQuestionAnswering(BertPreTrainedModel):
 class BertPredictionHeadTransform(nn.Module):
     def __init__(self, config):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.activation = ACTIVATIONS[config.hidden_act]
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        size = families.embedding_size(config)  # ELECTRA's generator maps back to the embedding size
+        self.dense = nn.Linear(config.hidden_size, size)
+        self.activation = families.lm_activation(config)
+        self.LayerNorm = nn.LayerNorm(size, eps=config.layer_norm_eps)
 
     def forward(self, x):
         return self.LayerNorm(self.activation(self.dense(x)))
@@ -161,7 +165,7 @@ class BertLMPredictionHead(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.transform = BertPredictionHeadTransform(config)
-        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
+        self.decoder = nn.Linear(families.embedding_size(config), config.vocab_size)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
 
     def forward(self, hidden):
@@ -240,6 +244,7 @@ class BertForPreTraining(_TiedDecoder, BertPreTrainedModel):
 
     def __init__(self, config):
         super().__init__(config)
+        families.check_head(config, type(self).__name__)
         self.bert = BertModel(config)
         self.cls = BertPreTrainingHeads(config)
         self.post_init()

@@ -12,6 +12,7 @@ import warnings
 import torch
 
 from .._files import atomic_write, atomic_write_json
+from . import families
 from .config import BertConfig
 
 logger = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ CONFIG = "config.json"
 
 # Buffers some checkpoints carry that are not weights.
 _IGNORED_SUFFIXES = ("embeddings.position_ids", "embeddings.token_type_ids")
-_BASE_PREFIXES = ("embeddings.", "encoder.", "pooler.")
+_BASE_PREFIXES = families.BASE_PREFIXES
 
 
 class CheckpointError(ValueError):
@@ -127,7 +128,7 @@ def _is_base_key(key, has_bert_prefix):
     body = key[len("bert."):] if has_bert_prefix and key.startswith("bert.") else key
     if has_bert_prefix and not key.startswith("bert."):
         return False
-    return body.startswith(("embeddings.", "encoder."))
+    return body.startswith(("embeddings.", "embeddings_project.", "encoder."))
 
 
 def load_state_into(model, state, source="checkpoint", ignore_mismatched_sizes=False):
@@ -135,6 +136,7 @@ def load_state_into(model, state, source="checkpoint", ignore_mismatched_sizes=F
     key lists. Raises CheckpointError for missing encoder weights, unknown encoder keys and
     shape mismatches (heads' mismatches too, unless ignore_mismatched_sizes)."""
     has_bert_prefix = hasattr(model, "bert")
+    state = families.to_model_keys(families.of(model.config), state, model.state_dict().keys())
     state, ignored = _normalize_keys(state, has_bert_prefix)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     for group in _tied_groups(model):
@@ -222,9 +224,9 @@ def save_pretrained(model, directory):
         tensor = tensor.detach().to("cpu")
         if storages[state[key].untyped_storage().data_ptr()] > 1:  # views of one storage (query/key/value)
             tensor = tensor.clone()
-        tensors[key] = tensor.contiguous()
+        tensors[families.checkpoint_key(families.of(model.config), key)] = tensor.contiguous()
     config = model.config.to_dict()
-    config["architectures"] = [type(model).__name__]
+    config["architectures"] = [families.architecture(model.config, type(model).__name__)]
     config["dtype"] = str(next(model.parameters()).dtype).replace("torch.", "")
     atomic_write(os.path.join(directory, SAFETENSORS), lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
     atomic_write_json(os.path.join(directory, CONFIG), config, sort_keys=True)

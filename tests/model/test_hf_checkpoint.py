@@ -214,8 +214,8 @@ def test_head_shape_mismatch_needs_opt_in(tmp_path):
 
 
 def test_non_bert_config_and_missing_files(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "roberta", "hidden_size": 64}))
-    with pytest.raises(ValueError, match="roberta"):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "hidden_size": 64}))
+    with pytest.raises(ValueError, match="gpt2"):
         bertfast.BertModel.from_pretrained(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 64,
                                                       "num_attention_heads": 4, "num_hidden_layers": 1}))

@@ -145,6 +145,29 @@ def label_list(task, examples):
     return sorted(names)
 
 
+def unseen_labels(task, examples, labels):
+    """{label: how many tokens (tag) or examples carry it} for the labels of `examples` that are not in
+    `labels` (the training set's). A model cannot predict those: evaluation counts them as errors."""
+    if labels is None:
+        return {}
+    known, unseen = set(labels), {}
+    for ex in examples:
+        for t in (ex.tags or []) if task == "tag" else [ex.label]:
+            if t is not None and t not in known:
+                unseen[t] = unseen.get(t, 0) + 1
+    return unseen
+
+
+def describe_unseen(task, unseen):
+    """One line for the log, or None."""
+    if not unseen:
+        return None
+    what = "tokens" if task == "tag" else "examples"
+    names = ", ".join(f"{name!r} ({n})" for name, n in sorted(unseen.items(), key=lambda kv: -kv[1])[:10])
+    return (f"{sum(unseen.values())} {what} have labels that never occur in the training data, counted as errors: "
+            f"{names}{' ...' if len(unseen) > 10 else ''}")
+
+
 def check_known_labels(task, examples, labels, path):
     """Eval labels must all occur in training: a model cannot predict a class it never saw."""
     if labels is None:
