@@ -1,0 +1,220 @@
+"""The forwards bertfast.optimize gives a transformers model's modules: padding removed once at the
+encoder's entrance, every layer on the packed real tokens, the padded shape restored at the exit.
+
+The base model's forward decides per call: a call the packed path serves exactly goes to
+`*_model_forward` (embeddings as transformers computes them, on the padded grid; then
+`Packing.pack`, the layers, `Packing.pad`); any other call (attention weights asked for, a head
+mask, a cache, cross-attention, a 4D mask, an argument this module does not know) runs the
+original forward. Each swapped encoder/layer/attention module runs its packed forward only when
+handed a `Packing` as its second argument, and its original forward otherwise, so the original
+code path still works through the swapped modules.
+"""
+import inspect
+import logging
+
+import torch.nn.functional as F
+from torch import nn
+
+from ..model import attention_routing
+from ..model.packing import Packing
+from ..ops import add_layer_norm
+
+logger = logging.getLogger("bertfast.optimize")
+
+# Arguments of a base model's forward that the packed path takes as they are.
+_SERVED = {"input_ids", "attention_mask", "token_type_ids", "position_ids", "inputs_embeds",
+           "output_hidden_states", "return_dict"}
+_SIGNATURES = {}
+_LOGGED = set()
+
+
+def _bind(module, args, kwargs):
+    """The call's arguments by name (the original forward's **kwargs flattened in)."""
+    original = type(module)._bertfast_original_forward
+    signature = _SIGNATURES.get(original)
+    if signature is None:
+        signature = _SIGNATURES[original] = inspect.signature(original)
+    arguments = signature.bind(module, *args, **kwargs).arguments
+    arguments.pop(next(iter(signature.parameters)))  # self
+    for name, param in signature.parameters.items():
+        if param.kind is inspect.Parameter.VAR_KEYWORD:
+            arguments.update(arguments.pop(name, {}))
+    return arguments
+
+
+def call_fallback_reason(module, arguments):
+    """Why this call needs the original forward, or None when the packed path serves it exactly."""
+    if arguments.get("output_attentions", getattr(module.config, "output_attentions", False)):
+        return "output_attentions (attention weights are never materialised)"
+    for name, value in arguments.items():
+        if name not in _SERVED and value is not None and value is not False:
+            return f"{name} was given"
+    mask = arguments.get("attention_mask")
+    reference = arguments.get("input_ids")
+    reference = arguments.get("inputs_embeds") if reference is None else reference
+    if mask is not None and (reference is None or tuple(mask.shape) != tuple(reference.shape[:2])):
+        return f"attention_mask of shape {tuple(mask.shape)} is not a (batch, seq) padding mask"
+    return None
+
+
+def model_forward(self, *args, **kwargs):
+    """A base model's forward: the packed path when it serves this call, else the original."""
+    arguments = _bind(self, args, kwargs)
+    reason = call_fallback_reason(self, arguments)
+    if reason is None:
+        return self._bertfast_packed_forward(**arguments)
+    level = logging.DEBUG if reason in _LOGGED else logging.INFO  # said once, then only at debug level
+    _LOGGED.add(reason)
+    logger.log(level, "bertfast.optimize: %s: this call runs transformers' original forward", reason)
+    return self._bertfast_original_forward(*args, **kwargs)
+
+
+def _collected_hidden_states():
+    """The list transformers' output capture is filling for this call, or None."""
+    try:
+        from transformers.utils.output_capturing import _active_collector
+    except ImportError:
+        return None
+    collected = _active_collector.get()
+    return None if collected is None else collected.get("hidden_states")
+
+
+def run_packed(encoder, embedded, attention_mask):
+    """(batch, seq, hidden) embeddings -> the encoder on the packed real tokens -> (batch, seq,
+    hidden), zeros at padded positions. Hidden states transformers' hooks capture on the way
+    (packed, as the layers see them) are padded here too."""
+    batch, seqlen = embedded.shape[:2]
+    packing = Packing(batch, seqlen, embedded.device, attention_mask)
+    captured = _collected_hidden_states()
+    start = 0 if captured is None else len(captured)
+    hidden = packing.pack(embedded)
+    if packing.indices is not None and packing.indices.shape[0] == 0:  # no real token: nothing to compute
+        if captured is not None:
+            captured.extend([hidden] * (len(encoder.layer) + (start == 0)))
+    else:
+        hidden = encoder(hidden, packing)
+    if captured is not None:
+        for i in range(start, len(captured)):
+            if captured[i] is not None:
+                captured[i] = packing.pad(captured[i])
+    return packing.pad(hidden)
+
+
+def _capture_outputs(func):
+    from transformers.utils.output_capturing import capture_outputs
+    return capture_outputs(func)
+
+
+def bert_model_forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                       inputs_embeds=None, **kwargs):
+    """BertModel (RoBERTa, XLM-R, CamemBERT, ELECTRA) on packed tokens; the same output class."""
+    from transformers.modeling_outputs import (BaseModelOutputWithPastAndCrossAttentions,
+                                               BaseModelOutputWithPoolingAndCrossAttentions)
+    if (input_ids is None) ^ (inputs_embeds is not None):
+        raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+    embedded = self.embeddings(input_ids=input_ids, position_ids=position_ids, token_type_ids=token_type_ids,
+                               inputs_embeds=inputs_embeds)
+    if hasattr(self, "embeddings_project"):  # ELECTRA with embedding_size != hidden_size
+        embedded = self.embeddings_project(embedded)
+    sequence_output = run_packed(self.encoder, embedded, attention_mask)
+    if not hasattr(self, "pooler"):  # ELECTRA has none
+        return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=sequence_output)
+    pooled = self.pooler(sequence_output) if self.pooler is not None else None
+    return BaseModelOutputWithPoolingAndCrossAttentions(last_hidden_state=sequence_output, pooler_output=pooled)
+
+
+def distilbert_model_forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, position_ids=None,
+                             **kwargs):
+    from transformers.modeling_outputs import BaseModelOutput
+    if (input_ids is None) ^ (inputs_embeds is not None):
+        raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+    embedded = self.embeddings(input_ids, inputs_embeds, position_ids)
+    return BaseModelOutput(last_hidden_state=run_packed(self.transformer, embedded, attention_mask))
+
+
+def packed_model_forward(forward):
+    """`forward` wrapped as transformers wraps its own (output capture: hidden states, return_dict)."""
+    return _capture_outputs(forward)
+
+
+def _packing(args):
+    return args[0] if args and isinstance(args[0], Packing) else None
+
+
+def encoder_forward(self, hidden_states, *args, **kwargs):
+    """The encoder: each layer on packed tokens, called positionally (gradient checkpointing)."""
+    packing = _packing(args)
+    if packing is None:
+        return self._bertfast_original_forward(hidden_states, *args, **kwargs)
+    for layer in self.layer:
+        hidden_states = layer(hidden_states, packing)
+    return hidden_states
+
+
+def bert_layer_forward(self, hidden_states, *args, **kwargs):
+    packing = _packing(args)
+    if packing is None:
+        return self._bertfast_original_forward(hidden_states, *args, **kwargs)
+    attention_output = self.attention(hidden_states, packing)
+    return self.output(self.intermediate(attention_output), attention_output)
+
+
+def bert_attention_forward(self, hidden_states, *args, **kwargs):
+    packing = _packing(args)
+    if packing is None:
+        return self._bertfast_original_forward(hidden_states, *args, **kwargs)
+    return self.output(self.self(hidden_states, packing), hidden_states)
+
+
+def _attention(module, projections, hidden, packing, heads, head_dim):
+    """Q, K, V projections of packed `hidden` (tokens, hidden) -> attention -> (tokens, heads * head_dim)."""
+    tokens = hidden.shape[0]
+    q, k, v = (projection(hidden).view(tokens, heads, head_dim) for projection in projections)
+    context = attention_routing.attention_packed(q, k, v, packing, scale=module.scaling,
+                                                 dropout_p=module.dropout.p if module.training else 0.0)
+    return context.reshape(tokens, heads * head_dim)
+
+
+def bert_self_attention_forward(self, hidden_states, *args, **kwargs):
+    packing = _packing(args)
+    if packing is None:
+        return self._bertfast_original_forward(hidden_states, *args, **kwargs)
+    return _attention(self, (self.query, self.key, self.value), hidden_states, packing, self.num_attention_heads,
+                      self.attention_head_size)
+
+
+def _dense_add_norm(dense, dropout, layer_norm, x, residual):
+    """layer_norm(residual + dropout(dense(x))): the GEMM without its bias, the rest one fused op.
+    A dense that is not a plain nn.Linear (an adapter, a quantised layer) is called as it is."""
+    if type(dense) is nn.Linear:
+        x, bias = F.linear(x, dense.weight), dense.bias
+    else:
+        x, bias = dense(x), None
+    p = dropout.p if dropout is not None and dropout.training else 0.0
+    return add_layer_norm(x, residual.to(x.dtype), layer_norm.weight, layer_norm.bias, layer_norm.eps, x_bias=bias,
+                          dropout_p=p)
+
+
+def dense_add_norm_forward(self, hidden_states, input_tensor):
+    """BertSelfOutput / BertOutput: any leading dimensions, so padded (original) calls use it too."""
+    return _dense_add_norm(self.dense, self.dropout, self.LayerNorm, hidden_states, input_tensor)
+
+
+def distilbert_attention_forward(self, hidden_states, *args, **kwargs):
+    packing = _packing(args)
+    if packing is None:
+        return self._bertfast_original_forward(hidden_states, *args, **kwargs)
+    context = _attention(self, (self.q_lin, self.k_lin, self.v_lin), hidden_states, packing, self.n_heads,
+                         self.attention_head_size)
+    return self.out_lin(context)
+
+
+def distilbert_block_forward(self, hidden_states, *args, **kwargs):
+    packing = _packing(args)
+    if packing is None:
+        return self._bertfast_original_forward(hidden_states, *args, **kwargs)
+    attended = self.attention(hidden_states, packing)
+    norm = self.sa_layer_norm
+    attended = add_layer_norm(attended, hidden_states.to(attended.dtype), norm.weight, norm.bias, norm.eps)
+    ffn = self.ffn
+    return _dense_add_norm(ffn.lin2, ffn.dropout, self.output_layer_norm, ffn.activation(ffn.lin1(attended)), attended)
