@@ -14,6 +14,7 @@ as before. A swapped class keeps its original `__name__` (what `save_pretrained`
 architecture and what accelerate's `no_split_modules` compare); its `__qualname__`,
 `Bertfast<Name>`, is where pickle finds it.
 """
+import functools
 import logging
 import warnings
 
@@ -29,6 +30,15 @@ _FAST_CLASSES = {}  # original class -> swapped class
 _PACKED_MODEL_FORWARDS = {}
 
 
+def _forward_like(original_forward, forward):
+    """`forward` under the original's name, docstring and signature (Trainer reads the signature
+    to decide which dataset columns the model takes)."""
+    @functools.wraps(original_forward)
+    def wrapper(self, *args, **kwargs):
+        return forward(self, *args, **kwargs)
+    return wrapper
+
+
 def _fast_class(original, attributes):
     """A subclass of `original` with `attributes` (its forward, ...), one per original class,
     registered as a module attribute under its __qualname__ so that pickling finds it."""
@@ -37,8 +47,9 @@ def _fast_class(original, attributes):
     qualname = f"Bertfast{original.__name__}"
     while qualname in globals():
         qualname += "_"  # two original classes of one name (a user's subclass named like transformers')
-    cls = type(original.__name__, (original,), {**attributes, "_bertfast_original_forward": original.forward,
-                                                "__module__": __name__})
+    attributes = {**attributes, "forward": _forward_like(original.forward, attributes["forward"]),
+                  "_bertfast_original_forward": original.forward, "__module__": __name__}
+    cls = type(original.__name__, (original,), attributes)
     cls.__qualname__ = qualname
     globals()[qualname] = cls
     _FAST_CLASSES[original] = cls
@@ -50,6 +61,7 @@ def _swapped_attributes(family):
     attributes = {part: {"forward": forward} for part, forward in family.parts.values() if forward is not None}
     attributes[family.layer] = {"forward": family.layer_forward}
     attributes[family.encoder] = {"forward": packed.encoder_forward}
+    attributes[family.sequence_head] = {"forward": packed.first_token_head_forward}
     attributes[family.base] = {"forward": packed.model_forward,
                                "_bertfast_packed_forward": _packed_model_forward(family)}
     return attributes
@@ -124,8 +136,18 @@ def _packed_model_forward(family):
     return _PACKED_MODEL_FORWARDS[family.name]
 
 
-def _convert(family, base):
+def _reads_only_position_0(family, model):
+    """transformers' own sequence-classification head (not a subclass) with its own classifier."""
+    classes = family.classes()
+    if type(model) is not getattr(classes, family.sequence_head):
+        return False
+    return not family.sequence_classifier or type(model.classifier) is getattr(classes, family.sequence_classifier)
+
+
+def _convert(family, model, base):
     attributes = _swapped_attributes(family)
+    if _reads_only_position_0(family, model):
+        _swap(model, attributes[family.sequence_head])
     encoder = getattr(base, family.encoder_attr)
     for layer in encoder.layer:
         for path, (class_name, forward) in family.parts.items():
@@ -168,7 +190,7 @@ def optimize(model):
     if reason is not None:
         warnings.warn(f"bertfast.optimize: {type(model).__name__} left unchanged: {reason}", stacklevel=2)
         return model
-    _convert(family, base)
+    _convert(family, model, base)
     if type(model).__name__.endswith("ForQuestionAnswering"):
         logger.warning("bertfast.optimize: %s: transformers' span loss also softmaxes over padded positions, whose "
                        "logits come from the pad tokens' hidden states; here those are zeros, so on padded "

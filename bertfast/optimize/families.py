@@ -25,6 +25,8 @@ class Family:
     layer_norms: tuple = ()  # attribute paths of the LayerNorms the fused op reads
     activation_attr: str = "hidden_act"
     packed_forward: object = None  # the base model's forward on packed tokens
+    sequence_head: str = ""  # its [CLS] classification head: the last layer computes position 0 only
+    sequence_classifier: str = ""  # the head's `classifier` class that reads position 0 ("": the head does)
 
     def classes(self):
         """The transformers modeling module of this family (imported on first use)."""
@@ -32,6 +34,8 @@ class Family:
 
 
 def _bert_like(name, module, prefix):
+    # BERT's head classifies the pooler's output; the others' classifier reads position 0 itself
+    classifier = "" if prefix == "Bert" else f"{prefix}ClassificationHead"
     return Family(
         name=name, module=module, base=f"{prefix}Model", encoder_attr="encoder", encoder=f"{prefix}Encoder",
         layer=f"{prefix}Layer", layer_forward=packed.bert_layer_forward,
@@ -41,7 +45,8 @@ def _bert_like(name, module, prefix):
                "intermediate": (f"{prefix}Intermediate", None),
                "output": (f"{prefix}Output", packed.dense_add_norm_forward)},
         layer_norms=("attention.output.LayerNorm", "output.LayerNorm"),
-        packed_forward=packed.bert_model_forward)
+        packed_forward=packed.bert_model_forward, sequence_head=f"{prefix}ForSequenceClassification",
+        sequence_classifier=classifier)
 
 
 FAMILIES = (
@@ -56,7 +61,7 @@ FAMILIES = (
            parts={"attention": ("DistilBertSelfAttention", packed.distilbert_attention_forward),
                   "ffn": ("FFN", None)},
            layer_norms=("sa_layer_norm", "output_layer_norm"), activation_attr="activation",
-           packed_forward=packed.distilbert_model_forward),
+           packed_forward=packed.distilbert_model_forward, sequence_head="DistilBertForSequenceClassification"),
 )
 
 NAMES = ", ".join(f.name for f in FAMILIES)

@@ -128,3 +128,14 @@ def test_the_next_plain_call_is_packed_again(caplog):
         out = m(**args)
     assert "original forward" not in caplog.text
     assert not out.last_hidden_state[~args["attention_mask"].bool()].any(), "packed path: zeros at padding"
+
+
+def test_flattened_batches_under_flash_attention_run_the_original():
+    """transformers' flash attention reads sequence boundaries from position_ids that restart at 0
+    (DataCollatorWithFlattening); the packed path would see one sequence, so it leaves such calls."""
+    from bertfast.optimize.packed import call_fallback_reason
+    m = bertfast.optimize(model("bert", "Model"))
+    args = {"input_ids": torch.ones(1, 6, dtype=torch.long), "position_ids": torch.tensor([[0, 1, 2, 0, 1, 2]])}
+    assert call_fallback_reason(m, args) is None  # sdpa attends across them too: the packed path is exact
+    m.config._attn_implementation = "flash_attention_2"
+    assert "position_ids" in call_fallback_reason(m, args)

@@ -85,3 +85,37 @@ def test_hidden_states_are_padded_back(family):
         assert actual.shape == want.shape
         assert_close(actual[real], want[real], f"hidden state {i}")
         assert not actual[~real].any(), "padded positions are zeros"
+
+
+def _last_attention(m):
+    base = m.base_model
+    layers = base.transformer.layer if hasattr(base, "transformer") else base.encoder.layer
+    return layers[-1].attention if hasattr(base, "transformer") else layers[-1].attention.self
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "electra", "distilbert"])
+def test_sequence_classification_computes_only_position_0_in_the_last_layer(family):
+    """A [CLS] head reads position 0 only: the last layer computes just those rows (and the family
+    test above shows the logits and gradients stay equal). Not with hidden states asked for, not
+    when position 0 is padding (left padding), not for a head whose classifier was replaced."""
+    m = bertfast.optimize(model(family, "ForSequenceClassification").eval())
+    calls = []
+    _last_attention(m).register_forward_hook(lambda *_: calls.append(1))
+    args = inputs(family, "ForSequenceClassification")
+    m(**args)
+    assert calls == [], "the last layer's full attention should not run"
+    m(**args, output_hidden_states=True)
+    assert calls == [1]
+    left = {k: v.flip(1) for k, v in args.items()}
+    m(**left)
+    assert calls == [1, 1], "left padding: position 0 is not a real token"
+
+
+def test_replaced_classifier_keeps_the_full_last_layer():
+    m = model("roberta", "ForSequenceClassification").eval()
+    m.classifier = torch.nn.Sequential(torch.nn.Linear(32, 2))
+    bertfast.optimize(m)
+    calls = []
+    _last_attention(m).register_forward_hook(lambda *_: calls.append(1))
+    m(**inputs("roberta", "ForSequenceClassification"))
+    assert calls == [1]
