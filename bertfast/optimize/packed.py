@@ -60,7 +60,7 @@ def call_fallback_reason(module, arguments):
     reference = arguments.get("input_ids")
     reference = arguments.get("inputs_embeds") if reference is None else reference
     if mask is not None and (reference is None or tuple(mask.shape) != tuple(reference.shape[:2])):
-        return f"attention_mask of shape {tuple(mask.shape)} is not a (batch, seq) padding mask"
+        return f"a {mask.dim()}-d attention_mask that is not the (batch, seq) padding mask of the input"
     return None
 
 
