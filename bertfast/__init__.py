@@ -5,7 +5,7 @@ from ._library import build_info, cpu_cache_stats, empty_cpu_cache, has_cuda_ker
 from .model import (BertConfig, BertForMaskedLM, BertForPreTraining, BertForQuestionAnswering,
                     BertForSequenceClassification, BertForTokenClassification, BertModel)
 from .ops import reference
-from .optimize import optimize
+from .dropin import optimize
 
 __version__ = "0.1.0"
 

@@ -91,12 +91,9 @@ def make_implementations(model_size, task, device, baselines, with_bertfast, com
             notes.append(f"bertfast model could not be built from transformers' config/weights: {e!r}")
     if with_optimize:  # transformers' own model with its encoder patched by bertfast.optimize
         import bertfast
-        if not hasattr(bertfast, "optimize"):
-            notes.append("bertfast.optimize does not exist in this checkout: hf-sdpa+optimize rows skipped")
-        else:
-            model = build_hf(config, task, "sdpa")
-            model.load_state_dict(reference.state_dict())
-            modules["hf-sdpa+optimize"] = bertfast.optimize(model)
+        model = build_hf(config, task, "sdpa")
+        model.load_state_dict(reference.state_dict())
+        modules["hf-sdpa+optimize"] = bertfast.optimize(model)
     del reference
     impls = []
     for name, module in modules.items():

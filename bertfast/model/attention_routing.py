@@ -74,6 +74,18 @@ def attention_varlen(q, k, v, cu_seqlens, max_seqlen, *, dropout_p=0.0, scale=No
     return gather_rows(out.transpose(1, 2).reshape(batch * seqlen, heads, head_dim), flat_index)
 
 
+def attention_packed(q, k, v, packing, *, dropout_p=0.0, scale=None):
+    """Self-attention on tokens packed by `packing` (a bertfast.model.packing.Packing): q, k, v
+    (total_tokens, heads, head_dim) -> (total_tokens, heads, head_dim). Without padding the rows
+    are the whole (batch, seq) grid and the dense op serves; otherwise the varlen one."""
+    if packing.indices is None:
+        grid = (packing.batch, packing.seqlen, *q.shape[1:])
+        out = attention(q.view(grid), k.view(grid), v.view(grid), dropout_p=dropout_p, scale=scale)
+        return out.reshape(q.shape)
+    return attention_varlen(q, k, v, packing.cu_seqlens, packing.max_seqlen, dropout_p=dropout_p, scale=scale,
+                            padding=(packing.indices, packing.key_mask))
+
+
 def first_query_attention(q, k, v, *, padding=None, dropout_p=0.0, scale=None):
     """Attention of one query per sequence (its first token) to all of that sequence's keys.
 

@@ -70,13 +70,8 @@ class BertSelfAttention(nn.Module):
         qkv = F.linear(hidden, self.qkv_weight, self.qkv_bias).view(tokens, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.unbind(1)
         dropout_p = self.dropout_p if self.training else 0.0
-        scale = 1.0 / math.sqrt(self.head_dim)
-        if packing.indices is None:  # no padding anywhere: the dense op on (batch, seq, heads, head_dim)
-            grid = (packing.batch, packing.seqlen, self.num_heads, self.head_dim)
-            context = attention_routing.attention(q.view(grid), k.view(grid), v.view(grid), dropout_p=dropout_p, scale=scale)
-        else:
-            context = attention_routing.attention_varlen(q, k, v, packing.cu_seqlens, packing.max_seqlen, dropout_p=dropout_p,
-                                               scale=scale, padding=(packing.indices, packing.key_mask))
+        context = attention_routing.attention_packed(q, k, v, packing, dropout_p=dropout_p,
+                                                     scale=1.0 / math.sqrt(self.head_dim))
         return context.reshape(tokens, self.num_heads * self.head_dim)
 
     def forward_first_tokens(self, hidden, first_rows, packing):
