@@ -53,7 +53,8 @@ TORCH_LIBRARY(bertfast, m) {
 
   // softmax + cross-entropy per row of logits (rows, classes) with int64 labels (rows,):
   // loss (rows,) float32 (0 where the label is ignore_index) and the row log-sum-exp.
-  // inplace_backward only tells autograd to write the gradient over the logits.
+  // inplace_backward tells autograd to write the gradient over the logits (then labels must not
+  // share memory with them, checked here).
   m.def("softmax_cross_entropy_fwd(Tensor logits, Tensor labels, int ignore_index, float label_smoothing, "
         "bool inplace_backward) -> (Tensor loss, Tensor lse)");
   // Gradient of the logits, (softmax - smoothed one-hot) * grad_loss per row, from the saved lse.

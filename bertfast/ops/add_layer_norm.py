@@ -9,7 +9,8 @@ import numbers
 import torch
 
 from .._library import check_device, load_library
-from ._common import check_dropout_p, check_same_device, check_tensor, seed_for_dropout
+from ._common import (check_dropout_p, check_fake_devices, check_same_device, check_tensor, once_differentiable,
+                      seed_for_dropout)
 
 load_library()
 
@@ -30,7 +31,8 @@ def add_layer_norm(x, residual, weight, bias, eps=1e-12, *, x_bias=None, dropout
             from torch's generator (torch.manual_seed reproduces it) and regenerated in backward.
 
     Returns a tensor of x's shape and dtype. Statistics and accumulation are float32.
-    Differentiable in x, residual, weight, bias and x_bias.
+    Differentiable (once: the gradients are not differentiable again) in x, residual, weight,
+    bias and x_bias. Zero rows give an empty output (and zero parameter gradients), as torch.
     """
     check_tensor(x, "x", _NAME, _ACT_DTYPES)
     check_tensor(residual, "residual", _NAME)
@@ -38,8 +40,8 @@ def add_layer_norm(x, residual, weight, bias, eps=1e-12, *, x_bias=None, dropout
     check_tensor(bias, "bias", _NAME)
     if x_bias is not None:
         check_tensor(x_bias, "x_bias", _NAME)
-    if x.dim() < 1 or x.numel() == 0:
-        raise ValueError(f"{_NAME}: x must be a non-empty tensor of shape (..., hidden), got {tuple(x.shape)}")
+    if x.dim() < 1 or x.shape[-1] < 1:
+        raise ValueError(f"{_NAME}: x must have shape (..., hidden) with hidden >= 1, got {tuple(x.shape)}")
     if residual.shape != x.shape:
         raise ValueError(f"{_NAME}: residual must have x's shape {tuple(x.shape)}, got {tuple(residual.shape)}")
     if residual.dtype != x.dtype:
@@ -66,6 +68,7 @@ def add_layer_norm(x, residual, weight, bias, eps=1e-12, *, x_bias=None, dropout
 
 @torch.library.register_fake("bertfast::add_layer_norm_fwd")
 def _add_layer_norm_fwd_fake(x, residual, weight, bias, x_bias, seed, eps, dropout_p):
+    check_fake_devices(_NAME, x=x, residual=residual, weight=weight, bias=bias, x_bias=x_bias, seed=seed)
     torch._check(residual.shape == x.shape, lambda: f"{_NAME}: residual must have x's shape")
     torch._check(weight.shape == (x.shape[-1],), lambda: f"{_NAME}: weight must have shape (hidden,)")
     stats = x.new_empty(x.shape[:-1], dtype=torch.float32)
@@ -74,6 +77,8 @@ def _add_layer_norm_fwd_fake(x, residual, weight, bias, x_bias, seed, eps, dropo
 
 @torch.library.register_fake("bertfast::add_layer_norm_bwd")
 def _add_layer_norm_bwd_fake(grad_out, x, residual, weight, x_bias, mean, rstd, seed, dropout_p, want_grad_x_bias):
+    check_fake_devices(f"{_NAME} backward", x=x, grad_out=grad_out, residual=residual, weight=weight, x_bias=x_bias,
+                       mean=mean, rstd=rstd, seed=seed)
     grad_residual = torch.empty_like(x, memory_format=torch.contiguous_format)
     grad_x = torch.empty_like(grad_residual) if dropout_p > 0 else x.new_empty((0,))
     grad_x_bias = torch.empty_like(weight) if want_grad_x_bias else weight.new_empty((0,))
@@ -96,8 +101,9 @@ def _backward(ctx, grad_out, _grad_mean, _grad_rstd):
         grad_out, x, residual, weight, x_bias, mean, rstd, seed, ctx.dropout_p, want_grad_x_bias)
     if ctx.dropout_p == 0:
         grad_x = grad_residual  # without dropout, d(pre-norm sum)/dx is the identity
-    return (grad_x, grad_residual, grad_weight, grad_bias, grad_x_bias if want_grad_x_bias else None,
-            None, None, None)
+    return once_differentiable((grad_x, grad_residual, grad_weight, grad_bias,
+                                grad_x_bias if want_grad_x_bias else None, None, None, None), _NAME,
+                               x, residual, weight, x_bias, grad_out)
 
 
 torch.library.register_autograd("bertfast::add_layer_norm_fwd", _backward, setup_context=_setup_context)

@@ -19,7 +19,8 @@ import numbers
 import torch
 
 from .._library import check_device, load_library
-from ._common import check_dropout_p, check_same_device, check_tensor, seed_for_dropout
+from ._common import (check_dropout_p, check_fake_devices, check_int, check_same_device, check_tensor,
+                      once_differentiable, seed_for_dropout)
 
 load_library()
 
@@ -50,8 +51,10 @@ def _resolve_scale(scale, head_dim, op_name):
     return float(scale)
 
 
-def _autocast_qkv(q, k, v):
+def _autocast_qkv(q, k, v, op_name):
     """Under CUDA autocast, float32 q, k, v run in the autocast dtype (as matmuls do)."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check_tensor(t, name, op_name, _DTYPES)
     if q.device.type == "cuda" and q.dtype == torch.float32 and torch.is_autocast_enabled("cuda"):
         dtype = torch.get_autocast_dtype("cuda")
         return q.to(dtype), k.to(dtype), v.to(dtype)
@@ -59,8 +62,7 @@ def _autocast_qkv(q, k, v):
 
 
 def _check_qkv(q, k, v, rank, layout, op_name):
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        check_tensor(t, name, op_name, _DTYPES)
+    for name, t in (("q", q), ("k", k), ("v", v)):  # tensors of _DTYPES: _autocast_qkv checked
         if t.dim() != rank:
             raise ValueError(f"{op_name}: {name} must have shape {layout}, got {tuple(t.shape)}")
     if k.dtype != q.dtype or v.dtype != q.dtype:
@@ -99,10 +101,11 @@ def attention(q, k, v, *, key_padding_mask=None, attn_bias=None, dropout_p=0.0, 
         deterministic: bitwise reproducible backward; default `is_deterministic()`.
 
     Returns (batch, seq_q, heads, head_dim) in q's dtype. A query row with no attendable key
-    gives zeros (and zero gradient), never NaN.
+    gives zeros (and zero gradient), never NaN. Differentiable once (the gradients are not
+    differentiable again).
     """
     name = "attention"
-    q, k, v = _autocast_qkv(q, k, v)
+    q, k, v = _autocast_qkv(q, k, v, name)
     _check_qkv(q, k, v, 4, "(batch, seq, heads, head_dim)", name)
     batch, seq_q, heads, head_dim = q.shape
     seq_k = k.shape[1]
@@ -182,10 +185,11 @@ def attention_varlen(q, k, v, cu_seqlens, max_seqlen, *, dropout_p=0.0, scale=No
             kernels clamp every sequence to [0, total_tokens) and to max_seqlen, which gives a
             silently wrong result instead of an error.
 
-    Returns (total_tokens, heads, head_dim) in q's dtype.
+    Returns (total_tokens, heads, head_dim) in q's dtype. Differentiable once in q, k and v (the
+    gradients are not differentiable again).
     """
     name = "attention_varlen"
-    q, k, v = _autocast_qkv(q, k, v)
+    q, k, v = _autocast_qkv(q, k, v, name)
     _check_qkv(q, k, v, 3, "(total_tokens, heads, head_dim)", name)
     if k.shape[0] != q.shape[0]:
         raise ValueError(f"{name}: q and k must hold the same tokens, got {q.shape[0]} and {k.shape[0]}")
@@ -196,6 +200,8 @@ def attention_varlen(q, k, v, cu_seqlens, max_seqlen, *, dropout_p=0.0, scale=No
     check_same_device({"q": q, "cu_seqlens": cu_seqlens}, name)
     if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, (int, torch.SymInt)) or max_seqlen < 1:
         raise ValueError(f"{name}: max_seqlen must be an int >= 1, got {max_seqlen!r}")
+    if isinstance(max_seqlen, int):
+        check_int(max_seqlen, "max_seqlen", name, minimum=1)
     if check_cu_seqlens and _cu_seqlens_values_readable(cu_seqlens):
         _check_cu_seqlens_values(cu_seqlens, q.shape[0], max_seqlen, name)
     dropout_p = check_dropout_p(dropout_p, name)
@@ -213,6 +219,8 @@ def _total_q(q):
 @torch.library.register_fake("bertfast::attention_fwd")
 def _attention_fwd_fake(q, k, v, key_padding_mask, attn_bias, cu_seqlens, max_seqlen, seed, dropout_p, scale,
                         deterministic):
+    check_fake_devices("attention", q=q, k=k, v=v, key_padding_mask=key_padding_mask, attn_bias=attn_bias,
+                       cu_seqlens=cu_seqlens, seed=seed)
     torch._check(k.shape == v.shape, lambda: "attention: k and v must have the same shape")
     out = q.new_empty(q.shape)
     lse = q.new_empty((q.shape[-2], _total_q(q)), dtype=torch.float32)
@@ -222,6 +230,8 @@ def _attention_fwd_fake(q, k, v, key_padding_mask, attn_bias, cu_seqlens, max_se
 @torch.library.register_fake("bertfast::attention_bwd")
 def _attention_bwd_fake(grad_out, q, k, v, out, lse, key_padding_mask, attn_bias, cu_seqlens, max_seqlen, seed,
                         dropout_p, scale, want_grad_bias, deterministic):
+    check_fake_devices("attention backward", q=q, grad_out=grad_out, k=k, v=v, out=out, lse=lse,
+                       key_padding_mask=key_padding_mask, attn_bias=attn_bias, cu_seqlens=cu_seqlens, seed=seed)
     if want_grad_bias:
         grad_bias = q.new_empty((q.shape[0], q.shape[2], q.shape[1], k.shape[1]), dtype=torch.float32)
     else:
@@ -246,7 +256,8 @@ def _backward(ctx, grad_out, _grad_lse):
         grad_out, q, k, v, out, lse, key_padding_mask, attn_bias, cu_seqlens, ctx.max_seqlen, seed, ctx.dropout_p,
         ctx.scale, ctx.want_grad_bias, ctx.deterministic)
     grad_bias = grad_bias.to(attn_bias.dtype) if ctx.want_grad_bias else None
-    return grad_q, grad_k, grad_v, None, grad_bias, None, None, None, None, None, None
+    return once_differentiable((grad_q, grad_k, grad_v, None, grad_bias, None, None, None, None, None, None),
+                               "attention", q, k, v, attn_bias, grad_out)
 
 
 torch.library.register_autograd("bertfast::attention_fwd", _backward, setup_context=_setup_context)

@@ -15,7 +15,8 @@ import numbers
 import torch
 
 from .._library import check_device, load_library
-from ._common import check_same_device, check_tensor
+from ._common import (check_fake_devices, check_int, check_same_device, check_tensor, check_writable_in_place,
+                      mean_over_counted, once_differentiable)
 
 load_library()
 
@@ -45,8 +46,7 @@ def check_cross_entropy_args(logits, labels, ignore_index, label_smoothing, redu
 
 
 def check_loss_options(ignore_index, label_smoothing, reduction, op_name):
-    if not isinstance(ignore_index, numbers.Integral) or isinstance(ignore_index, bool):
-        raise TypeError(f"{op_name}: ignore_index must be an int, got {ignore_index!r}")
+    check_int(ignore_index, "ignore_index", op_name)
     if (not isinstance(label_smoothing, numbers.Real) or isinstance(label_smoothing, bool)
             or not 0.0 <= float(label_smoothing) <= 1.0):
         raise ValueError(f"{op_name}: label_smoothing must be a float in [0, 1], got {label_smoothing!r}")
@@ -57,13 +57,14 @@ def check_loss_options(ignore_index, label_smoothing, reduction, op_name):
 
 def reduce_loss(loss, labels, ignore_index, reduction):
     """Per-row losses reduced as torch does: "mean" divides by the number of non-ignored
-    labels (nan when every label is ignored, as torch)."""
+    labels (nan when every label is ignored or there are no rows, with zero gradients, as
+    torch)."""
     if reduction == "none":
         return loss
     total = loss.sum()
     if reduction == "sum":
         return total
-    return total / (labels != ignore_index).sum()
+    return mean_over_counted(total, (labels != ignore_index).sum())
 
 
 def softmax_cross_entropy(logits, labels, *, ignore_index=-100, label_smoothing=0.0, reduction="mean",
@@ -79,24 +80,32 @@ def softmax_cross_entropy(logits, labels, *, ignore_index=-100, label_smoothing=
             triggered" (as torch's own nll_loss does), and the CUDA context is then unusable.
         ignore_index: rows with this label contribute 0 to the loss and get a zero gradient.
         label_smoothing: eps in [0, 1]; the target is (1 - eps) * onehot + eps / classes.
-        reduction: "mean" (over non-ignored rows; nan when all are ignored, as torch),
-            "sum" or "none" (per-row losses, 0 where ignored).
+        reduction: "mean" (over non-ignored rows; nan when all are ignored or there are no
+            rows, with zero gradients, as torch), "sum" or "none" (per-row losses, 0 where
+            ignored).
         inplace_backward: write the gradient into the logits' own storage instead of a new
             (rows, classes) buffer (saves that memory for large vocabularies; on CPU, where
             torch's allocator caches nothing, it also saves the page faults of a fresh
             buffer, most of the backward's time there). The logits' values are destroyed by
-            the backward: do not reuse them after it (nor backward twice). Non-contiguous
-            logits are copied first, so then it is the copy that is overwritten.
+            the backward: do not reuse them after it (nor backward twice). The backward bumps
+            their version counter, so autograd raises (as for any in-place op) when another
+            node saved them (`softmax_cross_entropy(torch.relu(x), ...)`); a leaf that
+            requires grad is refused, and so are labels that share memory with the logits.
+            Non-contiguous logits are copied first, so then it is the copy that is
+            overwritten.
 
-    Returns the loss in float32 (a scalar, or (rows,) for "none"). Differentiable in logits;
-    the gradient has the logits' dtype.
+    Returns the loss in float32 (a scalar, or (rows,) for "none"). Differentiable in logits
+    (once: the gradient is not differentiable again); the gradient has the logits' dtype.
     """
     label_smoothing = check_cross_entropy_args(logits, labels, ignore_index, label_smoothing, reduction, _NAME)
     if not isinstance(inplace_backward, bool):
         raise TypeError(f"{_NAME}: inplace_backward must be a bool, got {inplace_backward!r}")
     check_device(logits, _NAME)
-    loss, _ = torch.ops.bertfast.softmax_cross_entropy_fwd(
-        logits.contiguous(), labels, int(ignore_index), label_smoothing, inplace_backward)
+    logits = logits.contiguous()
+    if inplace_backward:
+        check_writable_in_place(logits, "logits", _NAME)
+    loss, _ = torch.ops.bertfast.softmax_cross_entropy_fwd(logits, labels, int(ignore_index), label_smoothing,
+                                                           inplace_backward)
     return reduce_loss(loss, labels, ignore_index, reduction)
 
 
@@ -110,11 +119,12 @@ def span_loss(start_logits, end_logits, start_positions, end_positions):
         start_positions, end_positions: (batch,) or (batch, 1) int64 token positions.
 
     Returns the float32 scalar loss (nan when every position of a side is outside the
-    sequence, as transformers).
+    sequence, or there are no rows, as transformers; the gradients are zeros then).
     """
     name = "span_loss"
     positions = []
     for side, logits, pos in (("start", start_logits, start_positions), ("end", end_logits, end_positions)):
+        check_tensor(logits, f"{side}_logits", name, _LOGITS_DTYPES)
         check_tensor(pos, f"{side}_positions", name)
         if pos.dim() > 1:  # transformers squeezes a trailing dimension of size 1 (multi-GPU gathers)
             pos = pos.squeeze(-1)
@@ -135,6 +145,7 @@ def span_loss(start_logits, end_logits, start_positions, end_positions):
 
 @torch.library.register_fake("bertfast::softmax_cross_entropy_fwd")
 def _fwd_fake(logits, labels, ignore_index, label_smoothing, inplace_backward):
+    check_fake_devices(_NAME, logits=logits, labels=labels)
     torch._check(logits.dim() == 2, lambda: f"{_NAME}: logits must be 2-d")
     torch._check(labels.shape == (logits.shape[0],), lambda: f"{_NAME}: labels must have shape (rows,)")
     loss = logits.new_empty((logits.shape[0],), dtype=torch.float32)
@@ -143,16 +154,19 @@ def _fwd_fake(logits, labels, ignore_index, label_smoothing, inplace_backward):
 
 @torch.library.register_fake("bertfast::softmax_cross_entropy_bwd")
 def _bwd_fake(grad_loss, logits, labels, lse, ignore_index, label_smoothing):
+    check_fake_devices(_NAME, logits=logits, labels=labels, grad_loss=grad_loss, lse=lse)
     return torch.empty_like(logits, memory_format=torch.contiguous_format)
 
 
 @torch.library.register_fake("bertfast::softmax_cross_entropy_bwd_")
 def _bwd_inplace_fake(grad_loss, logits, labels, lse, ignore_index, label_smoothing):
+    check_fake_devices(_NAME, logits=logits, labels=labels, grad_loss=grad_loss, lse=lse)
     return None
 
 
 @torch.library.register_fake("bertfast::softmax_cross_entropy_fwd_bwd_")
 def _fwd_bwd_fake(logits, labels, ignore_index, label_smoothing):
+    check_fake_devices(_NAME, logits=logits, labels=labels)
     loss = logits.new_empty((logits.shape[0],), dtype=torch.float32)
     return loss, torch.empty_like(loss)
 
@@ -174,11 +188,14 @@ def _backward(ctx, grad_loss, _grad_lse):
     if ctx.inplace_backward:
         torch.ops.bertfast.softmax_cross_entropy_bwd_(grad_loss, logits, labels, lse, ctx.ignore_index,
                                                       ctx.label_smoothing)
+        # Written in place: a node that saved these logits (relu's output, say) must now fail
+        # its version check instead of reading the gradient as its saved value.
+        torch.autograd.graph.increment_version(logits)
         grad_logits = logits
     else:
         grad_logits = torch.ops.bertfast.softmax_cross_entropy_bwd(grad_loss, logits, labels, lse, ctx.ignore_index,
                                                                    ctx.label_smoothing)
-    return grad_logits, None, None, None, None
+    return once_differentiable((grad_logits, None, None, None, None), _NAME, logits, grad_loss)
 
 
 torch.library.register_autograd("bertfast::softmax_cross_entropy_fwd", _backward, setup_context=_setup_context)

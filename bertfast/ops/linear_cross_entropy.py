@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from .._library import check_device
-from ._common import check_same_device, check_tensor
+from ._common import check_fake_devices, check_int, check_same_device, check_tensor, once_differentiable
 from .cross_entropy import check_loss_options, reduce_loss
 
 _NAME = "linear_cross_entropy"
@@ -42,7 +42,8 @@ def linear_cross_entropy(hidden, weight, labels, *, bias=None, ignore_index=-100
     Args:
         hidden: (rows, hidden_size) float32, float16 or bfloat16.
         weight: (vocab, hidden_size), hidden's dtype.
-        labels: (rows,) int64 in [0, vocab) or ignore_index (out of range: see
+        labels: (rows,) int64 in [0, vocab) or ignore_index. On CPU a label out of range
+            raises ValueError naming its row; on CUDA it fails a device-side assertion (see
             softmax_cross_entropy).
         bias: optional (vocab,), hidden's dtype.
         ignore_index, label_smoothing, reduction: as softmax_cross_entropy ("mean", "sum",
@@ -50,7 +51,9 @@ def linear_cross_entropy(hidden, weight, labels, *, bias=None, ignore_index=-100
         chunk_size: rows per chunk (default: chunks of at most 32 Mi logits). Smaller saves
             memory, larger keeps the GEMMs efficient.
 
-    Returns the float32 loss. Differentiable in hidden, weight and bias. Peak extra memory:
+    Returns the float32 loss (for "mean", nan when every label is ignored or there are no
+    rows, with zero gradients, as torch). Differentiable in hidden, weight and bias (once:
+    the gradients are not differentiable again). Peak extra memory:
     one chunk of logits plus the gradients (with "mean"/"sum" they are computed in the
     forward and held until backward).
     """
@@ -78,8 +81,8 @@ def linear_cross_entropy(hidden, weight, labels, *, bias=None, ignore_index=-100
     check_same_device({"hidden": hidden, "weight": weight, "bias": bias, "labels": labels}, _NAME)
     if chunk_size is None:
         chunk_size = default_chunk_size(hidden.shape[0], weight.shape[0])
-    elif isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"{_NAME}: chunk_size must be a positive int or None, got {chunk_size!r}")
+    else:
+        chunk_size = check_int(chunk_size, "chunk_size", _NAME, minimum=1)
     check_device(hidden, _NAME)
     ignore_index = int(ignore_index)
     ops = torch.ops.bertfast
@@ -99,12 +102,47 @@ def _empty(like):
     return like.new_empty((0,))
 
 
+def _check_op_args(hidden, weight, bias, labels, chunk_size, **saved):
+    """The checks of the torch.ops.bertfast.linear_cross_entropy_* ops themselves (called
+    directly, they skip linear_cross_entropy's): shapes, one device, a positive chunk size.
+    saved: the per-row tensors a backward receives. Shared by the real and fake kernels."""
+    torch._check(hidden.dim() == 2, lambda: f"{_NAME}: hidden must have shape (rows, hidden_size), got "
+                 f"{tuple(hidden.shape)}")
+    torch._check(weight.dim() == 2 and weight.shape[1] == hidden.shape[1] and weight.shape[0] >= 1, lambda:
+                 f"{_NAME}: weight must have shape (vocab, {hidden.shape[1]}), got {tuple(weight.shape)}")
+    torch._check(bias is None or bias.shape == (weight.shape[0],), lambda:
+                 f"{_NAME}: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+    torch._check(labels.shape == (hidden.shape[0],), lambda: f"{_NAME}: labels must have shape "
+                 f"({hidden.shape[0]},) like hidden's rows, got {tuple(labels.shape)}")
+    torch._check(labels.dtype == torch.int64, lambda: f"{_NAME}: labels must be int64, got {labels.dtype}")
+    for name, t in saved.items():
+        torch._check(t.shape == (hidden.shape[0],), lambda: f"{_NAME}: {name} must have shape "
+                     f"({hidden.shape[0]},), got {tuple(t.shape)}")
+    torch._check_value(chunk_size >= 1, lambda: f"{_NAME}: chunk_size must be >= 1, got {chunk_size}")
+    check_fake_devices(_NAME, hidden=hidden, weight=weight, bias=bias, labels=labels, **saved)
+
+
+def _check_labels_in_range(labels, vocab, ignore_index):
+    """On CPU (no device sync to pay) every label is in [0, vocab) or ignore_index; the
+    error names this op and the caller's row (the chunks' kernel would name neither)."""
+    if labels.device.type != "cpu":
+        return
+    bad = ((labels < 0) | (labels >= vocab)) & (labels != ignore_index)
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0, 0])
+        raise ValueError(f"{_NAME}: labels[{row}] = {int(labels[row])} is outside [0, {vocab}) and is not "
+                         f"ignore_index ({ignore_index})")
+
+
 def _chunk_loop(hidden, weight, bias, labels, ignore_index, label_smoothing, chunk_size, want_hidden,
                 want_weight, want_bias, grad_loss=None, lse=None):
     """Runs the chunks. Without grad_loss: returns (loss, lse) per row and the gradients of
     sum(loss). With grad_loss (rows,) and the forward's lse: the gradients of
     sum(grad_loss * loss). Gradients not wanted are None."""
+    saved = {} if grad_loss is None else {"grad_loss": grad_loss, "lse": lse}
+    _check_op_args(hidden, weight, bias, labels, chunk_size, **saved)
     rows, vocab = hidden.shape[0], weight.shape[0]
+    _check_labels_in_range(labels, vocab, ignore_index)
     want_grads = want_hidden or want_weight or want_bias
     forward = grad_loss is None
     if forward:
@@ -167,6 +205,7 @@ def _linear_cross_entropy_sum(hidden: Tensor, weight: Tensor, bias: Optional[Ten
 @_linear_cross_entropy_sum.register_fake
 def _(hidden, weight, bias, labels, ignore_index, label_smoothing, chunk_size, want_grad_hidden, want_grad_weight,
       want_grad_bias):
+    _check_op_args(hidden, weight, bias, labels, chunk_size)
     loss = hidden.new_empty((), dtype=torch.float32)
     gh = torch.empty_like(hidden, memory_format=torch.contiguous_format) if want_grad_hidden else _empty(hidden)
     gw = weight.new_empty(weight.shape, dtype=torch.float32) if want_grad_weight else _empty(weight)
@@ -176,17 +215,20 @@ def _(hidden, weight, bias, labels, ignore_index, label_smoothing, chunk_size, w
 
 def _sum_setup_context(ctx, inputs, output):
     _, gh, gw, gb = output
-    ctx.save_for_backward(gh, gw, gb)
+    # hidden, weight and bias only link a second differentiation to the error it raises
+    ctx.save_for_backward(gh, gw, gb, *inputs[:3])
     ctx.wanted = inputs[7:10]
     ctx.dtype = inputs[0].dtype
 
 
 def _sum_backward(ctx, grad_total, _gh, _gw, _gb):
     grads = [None, None, None]
-    for i, grad in enumerate(ctx.saved_tensors):
+    saved_grads, inputs = ctx.saved_tensors[:3], ctx.saved_tensors[3:]
+    for i, grad in enumerate(saved_grads):
         if ctx.wanted[i] and ctx.needs_input_grad[i]:  # scaled in float32, rounded once
             grads[i] = (grad.float() * grad_total).to(ctx.dtype)
-    return grads[0], grads[1], grads[2], None, None, None, None, None, None, None
+    return once_differentiable((grads[0], grads[1], grads[2], None, None, None, None, None, None, None), _NAME,
+                               *inputs, grad_total)
 
 
 _linear_cross_entropy_sum.register_autograd(_sum_backward, setup_context=_sum_setup_context)
@@ -205,6 +247,7 @@ def _linear_cross_entropy_rows(hidden: Tensor, weight: Tensor, bias: Optional[Te
 
 @_linear_cross_entropy_rows.register_fake
 def _(hidden, weight, bias, labels, ignore_index, label_smoothing, chunk_size):
+    _check_op_args(hidden, weight, bias, labels, chunk_size)
     loss = hidden.new_empty((hidden.shape[0],), dtype=torch.float32)
     return loss, torch.empty_like(loss)
 
@@ -225,6 +268,7 @@ def _linear_cross_entropy_rows_bwd(grad_loss: Tensor, hidden: Tensor, weight: Te
 @_linear_cross_entropy_rows_bwd.register_fake
 def _(grad_loss, hidden, weight, bias, labels, lse, ignore_index, label_smoothing, chunk_size, want_grad_hidden,
       want_grad_weight, want_grad_bias):
+    _check_op_args(hidden, weight, bias, labels, chunk_size, grad_loss=grad_loss, lse=lse)
     gh = torch.empty_like(hidden, memory_format=torch.contiguous_format) if want_grad_hidden else _empty(hidden)
     gw = torch.empty_like(weight, memory_format=torch.contiguous_format) if want_grad_weight else _empty(weight)
     gb = weight.new_empty((weight.shape[0],)) if want_grad_bias else _empty(weight)
@@ -243,7 +287,9 @@ def _rows_backward(ctx, grad_loss, _grad_lse):
     want = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2])
     gh, gw, gb = torch.ops.bertfast.linear_cross_entropy_rows_bwd(grad_loss, hidden, weight, bias, labels, lse,
                                                                   *ctx.options, *want)
-    return (gh if want[0] else None, gw if want[1] else None, gb if want[2] else None, None, None, None, None)
+    return once_differentiable(
+        (gh if want[0] else None, gw if want[1] else None, gb if want[2] else None, None, None, None, None), _NAME,
+        hidden, weight, bias, grad_loss)
 
 
 _linear_cross_entropy_rows.register_autograd(_rows_backward, setup_context=_rows_setup_context)

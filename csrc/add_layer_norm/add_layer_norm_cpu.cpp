@@ -15,7 +15,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> add_layer_norm_fwd_cpu(
     const at::Tensor& x, const at::Tensor& residual, const at::Tensor& weight, const at::Tensor& bias,
     const std::optional<at::Tensor>& x_bias, const std::optional<at::Tensor>& seed, double eps, double dropout_p) {
   AddLayerNormFwdCall c = prepare_add_layer_norm_fwd(x, residual, weight, bias, x_bias, seed, eps, dropout_p);
-  BERTFAST_CPU_DISPATCH(add_layer_norm_fwd, c.args, to_dtype(x.scalar_type()), to_dtype(weight.scalar_type()));
+  if (!c.empty) BERTFAST_CPU_DISPATCH(add_layer_norm_fwd, c.args, to_dtype(x.scalar_type()), to_dtype(weight.scalar_type()));
   return {c.out, c.mean, c.rstd};
 }
 
@@ -25,7 +25,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> add_layer
     const std::optional<at::Tensor>& seed, double dropout_p, bool want_grad_x_bias) {
   AddLayerNormBwdCall c =
       prepare_add_layer_norm_bwd(grad_out, x, residual, weight, x_bias, mean, rstd, seed, dropout_p, want_grad_x_bias);
-  BERTFAST_CPU_DISPATCH(add_layer_norm_bwd, c.args, to_dtype(x.scalar_type()), to_dtype(weight.scalar_type()));
+  if (!c.empty) BERTFAST_CPU_DISPATCH(add_layer_norm_bwd, c.args, to_dtype(x.scalar_type()), to_dtype(weight.scalar_type()));
   return {c.grad_residual, c.grad_x, c.grad_weight, c.grad_bias, c.grad_x_bias};
 }
 

@@ -32,6 +32,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> add_layer_norm_fwd_cuda_op(
   check_hidden(x.size(-1));
   const c10::cuda::CUDAGuard guard(x.device());
   AddLayerNormFwdCall c = prepare_add_layer_norm_fwd(x, residual, weight, bias, x_bias, seed, eps, dropout_p);
+  if (c.empty) return {c.out, c.mean, c.rstd};
   const AddLayerNormFwdArgs& a = c.args;
   const bool aligned = vector_path_ok({a.x, a.residual, a.weight, a.bias, a.x_bias, a.out}, a.hidden, x.scalar_type());
   check_launch(add_layer_norm_fwd_cuda(a, to_dtype(x.scalar_type()), to_dtype(weight.scalar_type()), aligned,
@@ -48,6 +49,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> add_layer
   const c10::cuda::CUDAGuard guard(x.device());
   AddLayerNormBwdCall c =
       prepare_add_layer_norm_bwd(grad_out, x, residual, weight, x_bias, mean, rstd, seed, dropout_p, want_grad_x_bias);
+  if (c.empty) return {c.grad_residual, c.grad_x, c.grad_weight, c.grad_bias, c.grad_x_bias};
   AddLayerNormBwdArgs& a = c.args;
   const bool aligned = vector_path_ok({a.grad_out, a.x, a.residual, a.x_bias, a.weight, a.grad_residual, a.grad_x},
                                       a.hidden, x.scalar_type());

@@ -30,21 +30,21 @@ inline AttentionInputs check_attention_inputs(const at::Tensor& q, const at::Ten
   in.varlen = cu_seqlens.has_value();
   const int64_t rank = in.varlen ? 3 : 4;
   const char* layout = in.varlen ? "(total, heads, head_dim)" : "(batch, seq, heads, head_dim)";
-  for (const auto* t : {&q, &k, &v}) {
-    TORCH_CHECK(t->dim() == rank, "attention: q, k and v must have shape ", layout, ", got ", q.sizes(), ", ",
-                k.sizes(), ", ", v.sizes());
+  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor*>{"q", &q}, {"k", &k}, {"v", &v}}) {
+    TORCH_CHECK_VALUE(t->dim() == rank, "attention: ", name, " must have shape ", layout, ", got ", t->sizes());
   }
-  TORCH_CHECK(k.sizes() == v.sizes(), "attention: k and v must have the same shape, got ", k.sizes(), " and ",
+  TORCH_CHECK_VALUE(k.sizes() == v.sizes(), "attention: k and v must have the same shape, got ", k.sizes(), " and ",
               v.sizes());
-  TORCH_CHECK(k.size(-1) == q.size(-1) && k.size(-2) == q.size(-2) && (in.varlen || k.size(0) == q.size(0)),
+  TORCH_CHECK_VALUE(k.size(-1) == q.size(-1) && k.size(-2) == q.size(-2) && (in.varlen || k.size(0) == q.size(0)),
               "attention: q ", q.sizes(), " and k ", k.sizes(), " disagree on batch, heads or head_dim");
-  TORCH_CHECK(!in.varlen || k.size(0) == q.size(0), "attention_varlen: q and k must hold the same tokens, got ",
+  TORCH_CHECK_VALUE(!in.varlen || k.size(0) == q.size(0), "attention_varlen: q and k must hold the same tokens, got ",
               q.size(0), " and ", k.size(0));
-  TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
+  check_float_dtype(q, "q", "attention");
+  TORCH_CHECK_TYPE(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
               "attention: q, k and v must share a dtype, got ", q.scalar_type(), ", ", k.scalar_type(), ", ",
               v.scalar_type());
-  TORCH_CHECK(k.device() == q.device() && v.device() == q.device(), "attention: q, k and v must be on one device");
-  to_dtype(q.scalar_type());
+  check_same_device(k, "k", q, "q", "attention");
+  check_same_device(v, "v", q, "q", "attention");
   in.heads = q.size(-2);
   in.head_dim = q.size(-1);
   TORCH_CHECK(attention_head_dim_supported(in.head_dim),
@@ -57,8 +57,7 @@ inline AttentionInputs check_attention_inputs(const at::Tensor& q, const at::Ten
     TORCH_CHECK(cu.scalar_type() == at::kInt && cu.dim() == 1 && cu.size(0) >= 2,
                 "attention_varlen: cu_seqlens must be a 1-D int32 tensor of batch + 1 offsets, got ",
                 cu.scalar_type(), " of shape ", cu.sizes());
-    TORCH_CHECK(cu.device() == q.device(), "attention_varlen: cu_seqlens is on ", cu.device(), ", q on ",
-                q.device());
+    check_same_device(cu, "cu_seqlens", q, "q", "attention_varlen");
     TORCH_CHECK(!key_mask.has_value() && !bias.has_value(),
                 "attention_varlen: key_padding_mask and attn_bias are not supported with cu_seqlens");
     TORCH_CHECK(max_seqlen >= 1, "attention_varlen: max_seqlen must be >= 1, got ", max_seqlen);
@@ -89,7 +88,7 @@ inline AttentionInputs check_attention_inputs(const at::Tensor& q, const at::Ten
     TORCH_CHECK(m.scalar_type() == at::kBool && m.dim() == 2 && m.size(0) == in.batch && m.size(1) == in.seq_k,
                 "attention: key_padding_mask must be bool of shape (", in.batch, ", ", in.seq_k, "), got ",
                 m.scalar_type(), " of shape ", m.sizes());
-    TORCH_CHECK(m.device() == q.device(), "attention: key_padding_mask is on ", m.device(), ", q on ", q.device());
+    check_same_device(m, "key_padding_mask", q, "q", "attention");
     in.key_mask = m.contiguous();
   }
   if (bias.has_value()) {
@@ -100,7 +99,7 @@ inline AttentionInputs check_attention_inputs(const at::Tensor& q, const at::Ten
                 in.seq_k, "), got ", bt.sizes());
     TORCH_CHECK(bt.scalar_type() == at::kFloat || bt.scalar_type() == q.scalar_type(),
                 "attention: attn_bias must be float32 or q's dtype ", q.scalar_type(), ", got ", bt.scalar_type());
-    TORCH_CHECK(bt.device() == q.device(), "attention: attn_bias is on ", bt.device(), ", q on ", q.device());
+    check_same_device(bt, "attn_bias", q, "q", "attention");
     in.bias = bt;
   }
   return in;
@@ -156,15 +155,21 @@ inline at::Tensor attention_out_like(const at::Tensor& t) { return empty_output(
 
 inline void check_attention_saved(const AttentionInputs& in, const at::Tensor& grad_out, const at::Tensor& out,
                                   const at::Tensor& lse) {
-  TORCH_CHECK(grad_out.sizes() == in.q.sizes() && grad_out.scalar_type() == in.q.scalar_type() &&
-                  grad_out.device() == in.q.device(),
-              "attention backward: grad_out must match the output (", in.q.sizes(), ", ", in.q.scalar_type(),
-              "), got ", grad_out.sizes(), ", ", grad_out.scalar_type());
-  TORCH_CHECK(out.sizes() == in.q.sizes() && out.scalar_type() == in.q.scalar_type() && out.stride(-1) == 1,
-              "attention backward: out is not the forward's output");
-  TORCH_CHECK(lse.scalar_type() == at::kFloat && lse.dim() == 2 && lse.size(0) == in.heads &&
-                  lse.size(1) == in.total_q && lse.is_contiguous(),
-              "attention backward: lse must be float32 (", in.heads, ", ", in.total_q, "), got ", lse.sizes());
+  const char* op = "attention backward";
+  check_same_device(grad_out, "grad_out", in.q, "q", op);
+  check_same_device(out, "out", in.q, "q", op);
+  check_same_device(lse, "lse", in.q, "q", op);
+  TORCH_CHECK_VALUE(grad_out.sizes() == in.q.sizes() && grad_out.scalar_type() == in.q.scalar_type(), op,
+                    ": grad_out must match the output (", in.q.sizes(), ", ", in.q.scalar_type(), "), got ",
+                    grad_out.sizes(), ", ", grad_out.scalar_type());
+  TORCH_CHECK_VALUE(out.sizes() == in.q.sizes() && out.scalar_type() == in.q.scalar_type() && out.stride(-1) == 1,
+                    op, ": out must be the forward's output (", in.q.sizes(), ", ", in.q.scalar_type(),
+                    ", last dimension contiguous), got ", out.sizes(), ", ", out.scalar_type(), " with strides ",
+                    out.strides());
+  TORCH_CHECK_VALUE(lse.scalar_type() == at::kFloat && lse.dim() == 2 && lse.size(0) == in.heads &&
+                        lse.size(1) == in.total_q && lse.is_contiguous(),
+                    op, ": lse must be contiguous float32 of shape (", in.heads, ", ", in.total_q, "), got ",
+                    lse.scalar_type(), " of shape ", lse.sizes());
 }
 
 // The forward's output and row log-sum-exp, and the kernel arguments pointing at them.

@@ -28,8 +28,8 @@ void check_labels_in_range(const at::Tensor& labels, int64_t classes, int64_t ig
 
 std::tuple<at::Tensor, at::Tensor> softmax_cross_entropy_fwd_cpu(const at::Tensor& logits, const at::Tensor& labels,
                                                                  int64_t ignore_index, double label_smoothing,
-                                                                 bool /*inplace_backward: autograd's business*/) {
-  CrossEntropyFwdCall c = prepare_cross_entropy_fwd(logits, labels, ignore_index, label_smoothing, false, kOp);
+                                                                 bool inplace_backward) {
+  CrossEntropyFwdCall c = prepare_cross_entropy_fwd(logits, labels, ignore_index, label_smoothing, false, kOp, inplace_backward);
   check_labels_in_range(c.labels, c.args.classes, ignore_index);
   BERTFAST_CPU_DISPATCH(cross_entropy_fwd, c.args, to_dtype(logits.scalar_type()));
   return {c.loss, c.lse};

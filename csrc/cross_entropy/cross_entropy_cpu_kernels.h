@@ -27,11 +27,13 @@ inline fVec fast_exp(fVec x) { return x.exp_u20(); }
 // NaN-propagating max, like at::vec::maximum.
 inline float nan_max(float a, float b) { return (std::isnan(a) || a > b) ? a : b; }
 
-// Running statistics of a row: max, sum of exp(x - max), and sum of x (for smoothing).
+// Running statistics of a row: max, sum of exp(x - max), and sum of x - ref (for smoothing;
+// ref is a value of the row, so that the sum keeps its digits when every logit is large).
 struct RowStats {
   float max = kNegInf;
   float sum_exp = 0.0f;
   float sum_x = 0.0f;
+  float ref = 0.0f;
   float lse() const { return max + std::log(sum_exp); }
 };
 
@@ -40,17 +42,18 @@ struct RowStats {
 inline void accumulate_block_two_pass(RowStats& st, const float* x, int64_t n) {
   constexpr int64_t V = fVec::size();
   fVec vmax(kNegInf), vsum(0.0f);
+  const fVec vref(st.ref);
   int64_t i = 0;
   for (; i + V <= n; i += V) {
     const fVec v = fVec::loadu(x + i);
     vmax = at::vec::maximum(vmax, v);
-    vsum = vsum + v;
+    vsum = vsum + (v - vref);
   }
   float bmax = at::vec::vec_reduce_all<float>([](fVec& a, fVec& b) { return at::vec::maximum(a, b); }, vmax);
   float bsum = at::vec::vec_reduce_all<float>([](fVec& a, fVec& b) { return a + b; }, vsum);
   for (; i < n; ++i) {
     bmax = nan_max(bmax, x[i]);
-    bsum += x[i];
+    bsum += x[i] - st.ref;
   }
   st.sum_x += bsum;
   if (bmax == kNegInf) return;  // every exp(x - max) here is 0
@@ -81,13 +84,13 @@ inline void accumulate_block(RowStats& st, const float* x, int64_t n) {
   constexpr int64_t V = fVec::size();
   const float shift = st.max == kNegInf ? x[0] : st.max;
   if (!std::isfinite(shift)) return accumulate_block_two_pass(st, x, n);
-  const fVec vshift(shift);
+  const fVec vshift(shift), vref(st.ref);
   fVec vmax(kNegInf), vsum(0.0f), acc(0.0f);
   int64_t i = 0;
   for (; i + V <= n; i += V) {
     const fVec v = fVec::loadu(x + i);
     vmax = at::vec::maximum(vmax, v);
-    vsum = vsum + v;
+    vsum = vsum + (v - vref);
     acc = acc + fast_exp(v - vshift);
   }
   float bmax = at::vec::vec_reduce_all<float>([](fVec& a, fVec& b) { return at::vec::maximum(a, b); }, vmax);
@@ -96,7 +99,7 @@ inline void accumulate_block(RowStats& st, const float* x, int64_t n) {
   float bsum = at::vec::vec_reduce_all<float>([](fVec& a, fVec& b) { return a + b; }, vsum);
   float bsum_exp = at::vec::vec_reduce_all<float>([](fVec& a, fVec& b) { return a + b; }, acc);
   for (; i < n; ++i) {
-    bsum += x[i];
+    bsum += x[i] - st.ref;
     bsum_exp += std::exp(x[i] - shift);
   }
   st.sum_x += bsum;
@@ -108,6 +111,8 @@ inline void accumulate_block(RowStats& st, const float* x, int64_t n) {
 template <typename T>
 RowStats row_stats(const T* row, int64_t classes, float* buf) {
   RowStats st;
+  const float first = static_cast<float>(row[0]);
+  st.ref = std::isfinite(first) ? first : 0.0f;
   for (int64_t j = 0; j < classes; j += kCeBlock) {
     const int64_t n = std::min(kCeBlock, classes - j);
     accumulate_block(st, row_as_float(row + j, buf, n), n);
@@ -115,9 +120,12 @@ RowStats row_stats(const T* row, int64_t classes, float* buf) {
   return st;
 }
 
-inline float row_loss(const RowStats& st, float lse, float x_label, int64_t classes, float eps) {
-  float loss = lse - (1.0f - eps) * x_label;
-  if (eps > 0.0f) loss -= eps / static_cast<float>(classes) * st.sum_x;  // skipped at 0: sum_x may be inf
+// Taken relative to the row max: lse - x_label = log(sum_exp) - (x_label - max), and
+// lse - mean(x) = log(sum_exp) - (sum(x - ref) / C + (ref - max)), which keep their digits
+// when every logit is large (lse and x_label, both near 1e4, would cancel).
+inline float row_loss(const RowStats& st, float x_label, int64_t classes, float eps) {
+  float loss = std::log(st.sum_exp) - (1.0f - eps) * (x_label - st.max);
+  if (eps > 0.0f) loss -= eps * (st.sum_x / static_cast<float>(classes) + (st.ref - st.max));  // at 0, sum_x may be inf
   return loss;
 }
 
@@ -169,7 +177,7 @@ void cross_entropy_fwd_impl(const CrossEntropyArgs& a) {
       const RowStats st = row_stats(row, a.classes, buf);
       const float lse = st.lse();
       a.lse[r] = lse;
-      a.loss[r] = row_loss(st, lse, static_cast<float>(row[label]), a.classes, a.label_smoothing);
+      a.loss[r] = row_loss(st, static_cast<float>(row[label]), a.classes, a.label_smoothing);
     }
   });
 }
@@ -211,7 +219,7 @@ void cross_entropy_fwd_bwd_impl(const CrossEntropyArgs& a) {
       const RowStats st = row_stats(row, a.classes, buf);
       const float lse = st.lse();
       a.lse[r] = lse;
-      a.loss[r] = row_loss(st, lse, static_cast<float>(row[label]), a.classes, a.label_smoothing);
+      a.loss[r] = row_loss(st, static_cast<float>(row[label]), a.classes, a.label_smoothing);
       row_grad(row, row, a.classes, label, lse, 1.0f, a.label_smoothing, buf);
     }
   });

@@ -18,9 +18,9 @@ void check_launch(cudaError_t err) {
 
 std::tuple<at::Tensor, at::Tensor> softmax_cross_entropy_fwd_cuda(const at::Tensor& logits, const at::Tensor& labels,
                                                                   int64_t ignore_index, double label_smoothing,
-                                                                  bool /*inplace_backward: autograd's business*/) {
+                                                                  bool inplace_backward) {
   const c10::cuda::CUDAGuard guard(logits.device());
-  CrossEntropyFwdCall c = prepare_cross_entropy_fwd(logits, labels, ignore_index, label_smoothing, false, kOp);
+  CrossEntropyFwdCall c = prepare_cross_entropy_fwd(logits, labels, ignore_index, label_smoothing, false, kOp, inplace_backward);
   check_launch(cross_entropy_fwd_cuda(c.args, to_dtype(logits.scalar_type()), at::cuda::getCurrentCUDAStream()));
   return {c.loss, c.lse};
 }

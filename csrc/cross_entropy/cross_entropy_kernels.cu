@@ -60,7 +60,8 @@ __device__ __forceinline__ RowSplit split_row(const T* row, int64_t classes) {
   return {head, vectors, head + vectors * kVec};
 }
 
-// Running statistics: m = max of x * log2(e), s = sum of 2^(x * log2(e) - m), sx = sum of x.
+// Running statistics: m = max of x * log2(e), s = sum of 2^(x * log2(e) - m), sx = sum of
+// x - ref (ref: a value of the row, so that sx keeps its digits when every logit is large).
 struct Stats {
   float m, s, sx;
 };
@@ -72,14 +73,14 @@ __device__ __forceinline__ Stats combine(const Stats& a, const Stats& b) {
 }
 
 template <int K>
-__device__ __forceinline__ void accumulate(Stats& st, const float (&x)[K]) {
+__device__ __forceinline__ void accumulate(Stats& st, const float (&x)[K], float ref) {
   float t[K];
   float vmax = -INFINITY;
 #pragma unroll
   for (int k = 0; k < K; ++k) {
     t[k] = x[k] * kLog2e;
     vmax = fmaxf(vmax, t[k]);
-    st.sx += x[k];
+    st.sx += x[k] - ref;
   }
   if (vmax == -INFINITY) return;  // every term is 0
   const float m = fmaxf(st.m, vmax);
@@ -119,19 +120,19 @@ __device__ __forceinline__ Stats group_reduce(Stats st) {
 
 // Row statistics of `row`, reduced over the group (lane = thread index within the group).
 template <typename T, int kVec, int kGroup>
-__device__ __forceinline__ Stats row_stats(const T* row, int64_t classes, int lane) {
+__device__ __forceinline__ Stats row_stats(const T* row, int64_t classes, int lane, float ref) {
   Stats st{-INFINITY, 0.0f, 0.0f};
   const RowSplit sp = split_row<T, kVec>(row, classes);
-  for (int64_t j = lane; j < sp.head; j += kGroup) accumulate<1>(st, {to_float(row[j])});
+  for (int64_t j = lane; j < sp.head; j += kGroup) accumulate<1>(st, {to_float(row[j])}, ref);
   const Pack<T, kVec>* packs = reinterpret_cast<const Pack<T, kVec>*>(row + sp.head);
   for (int64_t v = lane; v < sp.vectors; v += kGroup) {
     const Pack<T, kVec> p = packs[v];
     float x[kVec];
 #pragma unroll
     for (int k = 0; k < kVec; ++k) x[k] = to_float(p.v[k]);
-    accumulate<kVec>(st, x);
+    accumulate<kVec>(st, x, ref);
   }
-  for (int64_t j = sp.tail_start + lane; j < classes; j += kGroup) accumulate<1>(st, {to_float(row[j])});
+  for (int64_t j = sp.tail_start + lane; j < classes; j += kGroup) accumulate<1>(st, {to_float(row[j])}, ref);
   return group_reduce<kGroup>(st);
 }
 
@@ -217,12 +218,15 @@ __global__ void __launch_bounds__(kBlockThreads) cross_entropy_kernel(CrossEntro
       if (ignored) {
         if (lane == 0) a.loss[r] = a.lse[r] = 0.0f;
       } else {
-        const Stats st = row_stats<T, kVec, kGroup>(row, a.classes, lane);
+        const float first = to_float(row[0]);
+        const float ref = fabsf(first) < INFINITY ? first : 0.0f;  // false for inf and nan
+        const Stats st = row_stats<T, kVec, kGroup>(row, a.classes, lane, ref);
         lse = (st.m + log2f(st.s)) * kLn2;
-        if (lane == 0) {
-          float loss = lse - (1.0f - eps) * to_float(row[clamp_label(label, a.classes)]);
-          if (eps > 0.0f) loss -= eps * inv_classes * st.sx;  // skipped at 0: sx may be infinite
-          a.loss[r] = loss;
+        if (lane == 0) {  // log2 units relative to the max: lse - x_label would cancel for large logits
+          const float x_label = to_float(row[clamp_label(label, a.classes)]);
+          float loss = log2f(st.s) - (1.0f - eps) * fmaf(x_label, kLog2e, -st.m);
+          if (eps > 0.0f) loss -= eps * fmaf(st.sx * inv_classes, kLog2e, fmaf(ref, kLog2e, -st.m));  // sx may be inf
+          a.loss[r] = loss * kLn2;
           a.lse[r] = lse;
         }
       }

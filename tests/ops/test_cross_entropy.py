@@ -198,10 +198,10 @@ def test_inplace_backward_writes_the_gradient_into_the_logits(device, dtype):
     labels = make_labels(9, 1003, "some", device, 4)
     x = logits.clone().requires_grad_()
     softmax_cross_entropy(x, labels, label_smoothing=0.1).backward()
-    base = logits.clone()
-    y = base.detach().requires_grad_()
-    loss = softmax_cross_entropy(y, labels, label_smoothing=0.1, inplace_backward=True)
-    (grad,) = torch.autograd.grad(loss, y)
+    y = logits.clone().requires_grad_()
+    base = y * 1  # a non-leaf (a leaf that requires grad is refused), saved by no node
+    loss = softmax_cross_entropy(base, labels, label_smoothing=0.1, inplace_backward=True)
+    (grad,) = torch.autograd.grad(loss, base)
     assert torch.equal(grad, x.grad)
     assert grad.data_ptr() == base.data_ptr() and torch.equal(base, x.grad)  # the logits' storage holds it now
 
