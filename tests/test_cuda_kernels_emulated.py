@@ -477,6 +477,25 @@ def test_softmax_cross_entropy_minus_inf_logits(emu):
                       torch.bfloat16)
 
 
+@pytest.mark.parametrize("classes", [40, 3000])
+def test_softmax_cross_entropy_plus_inf_logit_gives_nan_rows(emu, classes):
+    """A +inf logit leaves the row's softmax undefined: loss, lse and the whole gradient row are
+    NaN, as torch's log_softmax gives (not zeros beside one NaN); the other rows are untouched."""
+    torch.manual_seed(classes)
+    logits, labels = cross_entropy_inputs(3, classes, torch.float32)
+    labels = labels.clamp(min=0)
+    logits[1, classes // 2] = float("inf")
+    loss64, lse64, grad64 = cross_entropy_reference(logits.double(), labels, 0.0, torch.ones(3).double())
+    for mode in (0, 2):
+        fused = logits.clone()
+        loss, lse, _ = emu.cross_entropy(mode, fused, labels, grad_out=fused if mode == 2 else None)
+        assert loss[1].isnan() and lse[1].isnan()
+        check_close("loss", loss[[0, 2]], loss64[[0, 2]], None, torch.float32)
+        if mode == 2:
+            assert fused[1].isnan().all()
+            assert torch.isfinite(fused[[0, 2]]).all()
+
+
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
 @pytest.mark.parametrize("classes", [40, 3000])
 def test_softmax_cross_entropy_large_offset_keeps_its_digits(emu, classes, smoothing):

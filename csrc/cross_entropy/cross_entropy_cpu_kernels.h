@@ -34,7 +34,10 @@ struct RowStats {
   float sum_exp = 0.0f;
   float sum_x = 0.0f;
   float ref = 0.0f;
-  float lse() const { return max + std::log(sum_exp); }
+  // A +inf logit makes the row's softmax undefined: NaN, as torch's log_softmax gives (never a
+  // gradient of zeros beside a NaN).
+  bool undefined() const { return max == std::numeric_limits<float>::infinity(); }
+  float lse() const { return undefined() ? std::numeric_limits<float>::quiet_NaN() : max + std::log(sum_exp); }
 };
 
 // Folds the float block x[0, n) into `st` in two passes over it (from L1): its max, then
@@ -124,6 +127,7 @@ RowStats row_stats(const T* row, int64_t classes, float* buf) {
 // lse - mean(x) = log(sum_exp) - (sum(x - ref) / C + (ref - max)), which keep their digits
 // when every logit is large (lse and x_label, both near 1e4, would cancel).
 inline float row_loss(const RowStats& st, float x_label, int64_t classes, float eps) {
+  if (st.undefined()) return std::numeric_limits<float>::quiet_NaN();
   float loss = std::log(st.sum_exp) - (1.0f - eps) * (x_label - st.max);
   if (eps > 0.0f) loss -= eps * (st.sum_x / static_cast<float>(classes) + (st.ref - st.max));  // at 0, sum_x may be inf
   return loss;

@@ -221,12 +221,13 @@ __global__ void __launch_bounds__(kBlockThreads) cross_entropy_kernel(CrossEntro
         const float first = to_float(row[0]);
         const float ref = fabsf(first) < INFINITY ? first : 0.0f;  // false for inf and nan
         const Stats st = row_stats<T, kVec, kGroup>(row, a.classes, lane, ref);
-        lse = (st.m + log2f(st.s)) * kLn2;
+        const bool undefined = st.m == INFINITY;  // a +inf logit: NaN, as torch's log_softmax gives
+        lse = undefined ? NAN : (st.m + log2f(st.s)) * kLn2;
         if (lane == 0) {  // log2 units relative to the max: lse - x_label would cancel for large logits
           const float x_label = to_float(row[clamp_label(label, a.classes)]);
           float loss = log2f(st.s) - (1.0f - eps) * fmaf(x_label, kLog2e, -st.m);
           if (eps > 0.0f) loss -= eps * fmaf(st.sx * inv_classes, kLog2e, fmaf(ref, kLog2e, -st.m));  // sx may be inf
-          a.loss[r] = loss * kLn2;
+          a.loss[r] = undefined ? NAN : loss * kLn2;
           a.lse[r] = lse;
         }
       }
