@@ -272,4 +272,6 @@ def test_fuzz_correct_or_clean_error(lead, hidden, dtype, param_kind, eps, dropo
                                    x_bias=xb.double() if with_x_bias else None, dropout_p=dropout_p, keep_mask=mask)
     tol = 1e-4 if dtype == torch.float32 else 0.1
     assert out.shape == shape and out.dtype == dtype
+    if out.numel() == 0:  # no rows: an empty result, as torch's layer_norm gives
+        return
     assert max_err(out, ref) <= tol * max(1.0, ref.abs().max().item()), max_err(out, ref)
