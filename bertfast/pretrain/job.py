@@ -19,11 +19,12 @@ from .. import _precision
 from .._files import atomic_write_json
 from ..finetune import checkpoints as ckpt
 from ..finetune import distributed, trainer
+from ..finetune.data import DataError
 from ..finetune.models import TOKENIZER_FILES, check_model_dir
 from ..finetune.tokenization import BertTokenizer
 from ..finetune.trainer import FinetuneError, Log
 from .blocks import MLMBlocks, NSPPairs
-from .corpus import token_cache
+from .corpus import open_cache, token_cache
 from .masking import IGNORE_INDEX, eval_rng, tokenizer_masker, train_rng
 
 EVAL_RESULTS = "eval_results.json"
@@ -175,9 +176,14 @@ def _caches(cfg, ctx, log, tok):
                      token_cache(cfg.eval, tok.tokenizer, root, f"{label}.eval", log) if cfg.eval else None)
     if not ctx.enabled:
         return build()
-    folders = trainer._rank0_check(ctx, lambda: [c.folder if c else None for c in build()])
-    from .corpus import open_cache
-    return tuple(open_cache(f) if f else None for f in folders)
+
+    def folders():
+        try:
+            return [c.folder if c else None for c in build()]
+        except DataError as e:  # said on every rank, not only on rank 0
+            raise FinetuneError(str(e)) from None
+    built = distributed.broadcast_object(ctx, trainer._rank0_check(ctx, folders))
+    return tuple(open_cache(f) if f else None for f in built)
 
 
 def _examples(cfg, cache, tok, log, what):

@@ -156,3 +156,27 @@ def test_bad_input_is_one_line_and_leaves_nothing(tiny, tmp_path, capsys):
     assert "bert-base" in cli_error(capsys, ["pretrain", "--config", "nosuch", "--tokenizer", tiny, "--train", "x",
                                              "--output", str(out)])
     assert not out.exists()
+
+
+def test_ddp_two_processes_match_one(corpus, tmp_path):
+    """torchrun with 2 CPU processes (gloo), batch 4 each, against 1 process with batch 8: the
+    same masks, the same updates (float tolerance), the same held-out metrics; rank 0 builds the
+    token cache, rank 1 opens it."""
+    tiny0 = make_tiny_bert(tmp_path / "tiny0", dropout=0.0)
+    common = ["--model", tiny0, "--train", corpus[0], "--eval", corpus[1], "--max-length", "32", "--epochs", "0.25",
+              "--lr", "1e-3", "--device", "cpu", "--seed", "3", "--no-progress", "--max-eval-blocks", "16"]
+    run_cli(["pretrain", *common, "--batch-size", "8", "--output", str(tmp_path / "one")])
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "bertfast", "pretrain", *common, "--batch-size", "4", "--output", str(tmp_path / "two")],
+                          cwd=ROOT, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    a, b = load_file(str(tmp_path / "one" / "model.safetensors")), load_file(str(tmp_path / "two" / "model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=2e-5)
+    la = [json.loads(x) for x in open(tmp_path / "one" / "eval_log.jsonl")]
+    lb = [json.loads(x) for x in open(tmp_path / "two" / "eval_log.jsonl")]
+    assert [x["step"] for x in la] == [x["step"] for x in lb] and la[0]["masked_tokens"] == lb[0]["masked_tokens"]
+    for x, y in zip(la, lb):
+        assert x["accuracy"] == pytest.approx(y["accuracy"], abs=1e-3)
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-4)
