@@ -3,6 +3,7 @@ trains, a killed run resumes bitwise, from-scratch and NSP runs give folders tra
 bad input ends in one line."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -104,11 +105,15 @@ def test_resume_after_kills_is_bitwise_identical(tiny, corpus, tmp_path):
                      {"BERTFAST_TEST_DIE_AT": "step:7"}, check=False)
     assert second.returncode == 17, second.stderr
     assert "token cache" in second.stdout and "reused" in second.stdout
+    shutil.copytree(killed, tmp_path / "copy")
     run_cli(["pretrain", "--resume", "--output", str(killed), "--no-progress"])
     a, b = load_file(str(tmp_path / "straight" / "model.safetensors")), load_file(str(killed / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert json.load(open(tmp_path / "straight" / "checkpoints" / POINTER)) == json.load(open(killed / "checkpoints" / POINTER))
     assert (tmp_path / "straight" / "eval_log.jsonl").read_text() == (killed / "eval_log.jsonl").read_text()
+    os.utime(corpus[0], ns=(os.stat(corpus[0]).st_atime_ns, os.stat(corpus[0]).st_mtime_ns + 10**9))
+    changed = run_cli(["pretrain", "--resume", "--output", str(tmp_path / "copy")], check=False)
+    assert changed.returncode == 1 and "other settings for corpus" in changed.stderr  # the corpus changed since
 
 
 def test_from_scratch_with_nsp(corpus, tmp_path):
