@@ -21,6 +21,7 @@ rebuilt (the stale folder removed) when one changes. It is written under a tempo
 renamed when complete, so a kill never leaves a half cache behind.
 """
 import hashlib
+from array import array
 import json
 import os
 import shutil
@@ -207,12 +208,14 @@ class _Writer:
         self.tokenizer = tokenizer
         self.dtype = np.uint16 if tokenizer.get_vocab_size() <= 65535 else np.int32
         self.file = open(os.path.join(folder, "tokens.bin"), "wb")
-        self.segments, self.documents, self.pending = [0], [0], []
+        self.segments, self.documents = array("q", [0]), array("q", [0])  # 8 bytes an entry
+        self.pending, self.pending_segments = [], 0
         self.n_tokens, self.empty_documents = 0, 0
 
     def add(self, document):
         self.pending.append(document)
-        if sum(len(d) for d in self.pending) >= ENCODE_CHUNK:
+        self.pending_segments += len(document)
+        if self.pending_segments >= ENCODE_CHUNK:
             self.flush()
 
     def flush(self):
@@ -229,7 +232,7 @@ class _Writer:
                 self.n_tokens += len(seg)
                 self.segments.append(self.n_tokens)
             self.documents.append(len(self.segments) - 1)
-        self.pending = []
+        self.pending, self.pending_segments = [], 0
 
     def close(self):
         self.flush()
@@ -255,8 +258,8 @@ def _build(files, tokenizer, folder, key):
         skipped["documents with no tokens"] = writer.empty_documents
     if writer.n_tokens == 0:
         raise DataError(f"the corpus ({len(files)} files) holds no text to train on")
-    np.save(os.path.join(folder, "segments.npy"), np.asarray(writer.segments, dtype=np.int64))
-    np.save(os.path.join(folder, "documents.npy"), np.asarray(writer.documents, dtype=np.int64))
+    np.save(os.path.join(folder, "segments.npy"), np.frombuffer(writer.segments, dtype=np.int64))
+    np.save(os.path.join(folder, "documents.npy"), np.frombuffer(writer.documents, dtype=np.int64))
     meta = {"fingerprint": key, "files": [p for p, _ in files], "dtype": np.dtype(writer.dtype).name,
             "tokens": writer.n_tokens, "segments": len(writer.segments) - 1, "documents": len(writer.documents) - 1,
             "skipped": skipped}

@@ -10,7 +10,7 @@ from bertfast.finetune.data import DataError
 from bertfast.pretrain.blocks import MLMBlocks, NSPPairs
 from bertfast.pretrain.corpus import token_cache
 
-from helpers import tokenizer
+from pretrain_helpers import tokenizer
 
 TEXT = "The cat sat on the mat.\nIt was a sunny day in Paris.\n\nA second document starts here.\nIt has two lines.\n"
 

@@ -21,7 +21,7 @@ from bertfast.pretrain.job import _collate
 from bertfast.pretrain.masking import tokenizer_masker, train_rng
 
 from finetune_helpers import make_tiny_bert
-from helpers import sentiment_text, tokenizer
+from pretrain_helpers import sentiment_text, tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
