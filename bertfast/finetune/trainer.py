@@ -620,7 +620,8 @@ def _evaluate(run, data, state, progress):
         record = {"step": state["global_step"], "epoch": round(state["global_step"] / run.plan.steps_per_epoch, 4),
                   "train_loss": round(state["loss_ema"], 6), **eval_metrics}
         _append_jsonl(os.path.join(cfg.output, EVAL_LOG), record)
-        progress.write(f"step {state['global_step']}: " + ", ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()))
+        progress.write(f"step {state['global_step']}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                                             for k, v in eval_metrics.items()))
     return eval_metrics
 
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from .. import ops
 from .activations import ACTIVATIONS
-from .encoder import BertModel, BertPreTrainedModel
+from .encoder import BertModel, BertPreTrainedModel, compute_dtype
 from .outputs import (MaskedLMOutput, PreTrainingOutput, QuestionAnsweringOutput, SequenceClassifierOutput,
                       TokenClassifierOutput)
 from .packing import unpad_index
@@ -172,8 +172,9 @@ class BertLMPredictionHead(nn.Module):
         transform, and the vocab-sized logits are never stored when the fused op is present."""
         selected, _ = unpad_index((labels != -100)[None])
         rows = self.transform(hidden.index_select(0, selected))
-        return ops.linear_cross_entropy(rows, self.decoder.weight, labels.index_select(0, selected),
-                                        bias=self.decoder.bias, reduction=reduction)
+        dtype = compute_dtype(self.decoder.weight)  # autocast's, as F.linear would run
+        return ops.linear_cross_entropy(rows.to(dtype), self.decoder.weight.to(dtype), labels.index_select(0, selected),
+                                        bias=self.decoder.bias.to(dtype), reduction=reduction)
 
 
 class _TiedDecoder:

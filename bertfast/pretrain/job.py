@@ -192,6 +192,9 @@ def _examples(cfg, cache, tok, log, what):
     kind = "sentence pairs" if cfg.nsp else "blocks"
     lost = f"; {make.truncated:,} tokens cut by pair truncation" if cfg.nsp and make.truncated else ""
     log(f"{what}: {len(make):,} {kind} of at most {cfg.max_length} tokens{lost}")
+    if cfg.nsp and (make.pairs[:, 4] == 1).all():
+        log(f"{what}: every B is random (each document is a single segment): next-sentence prediction needs "
+            "documents of several lines, separated by blank lines")
     return make
 
 

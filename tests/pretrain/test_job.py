@@ -116,14 +116,14 @@ def test_resume_after_kills_is_bitwise_identical(tiny, corpus, tmp_path):
     assert changed.returncode == 1 and "other settings for corpus" in changed.stderr  # the corpus changed since
 
 
-def test_from_scratch_with_nsp(corpus, tmp_path):
+def test_from_scratch_with_nsp_in_bf16(corpus, tmp_path):
     from finetune_helpers import minilm_path
     out = tmp_path / "out"
     text = tmp_path / "docs.txt"  # blank-line separated documents of several sentences
     lines = open(corpus[0]).read().splitlines()
     text.write_text("\n\n".join("\n".join(lines[i:i + 6]) for i in range(0, len(lines), 6)) + "\n")
     result = pretrain(PretrainConfig(config="tiny", tokenizer=minilm_path(), train=[str(text)], eval=[str(text)],
-                                     output=str(out), nsp=True, whole_word=True, max_length=64, batch_size=16,
+                                     output=str(out), nsp=True, whole_word=True, max_length=64, batch_size=16, precision="bf16",
                                      epochs=0.3, device="cpu", progress=False, quiet=True, max_eval_blocks=16))
     assert {"accuracy", "loss", "perplexity", "nsp_accuracy"} <= set(result["eval"])
     import transformers
