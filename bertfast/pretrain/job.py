@@ -140,6 +140,9 @@ def _read_inputs(cfg):
     if vocab > config.vocab_size:
         raise FinetuneError(f"the tokenizer ({source}) has {vocab:,} tokens but the model's vocabulary "
                             f"{config.vocab_size:,}: they do not belong together (give the model's own tokenizer)")
+    if cfg.max_length > config.max_position_embeddings:
+        raise FinetuneError(f"--max-length {cfg.max_length} is more than the model's "
+                            f"{config.max_position_embeddings} positions")
     return tok, config
 
 

@@ -157,6 +157,8 @@ def test_bad_input_is_one_line_and_leaves_nothing(tiny, tmp_path, capsys):
     message = cli_error(capsys, ["pretrain", "--config", str(small), "--tokenizer", tiny, "--train",
                                  str(tmp_path / "bad.txt"), "--output", str(out)])
     assert "30,522 tokens but the model's vocabulary 1,000" in message
+    assert "more than the model's 512 positions" in cli_error(capsys, base + ["--train", str(tmp_path / "bad.txt"),
+                                                                            "--max-length", "600"])
     assert "--tokenizer" in cli_error(capsys, ["pretrain", "--config", "tiny", "--train", "x", "--output", str(out)])
     assert "bert-base" in cli_error(capsys, ["pretrain", "--config", "nosuch", "--tokenizer", tiny, "--train", "x",
                                              "--output", str(out)])
