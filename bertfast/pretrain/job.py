@@ -2,6 +2,7 @@
 the fine-tuning trainer's steps (schedule, AdamW, accumulation, autocast, DDP, checkpoints and
 exact resume, evaluation every N steps); this module supplies the data, the model and the
 held-out metrics through the trainer's `Run.job` hook (the Job class below)."""
+import contextlib
 import dataclasses
 import functools
 import json
@@ -234,7 +235,7 @@ def _initial_eval(run, state, log):
         if run.ctx.is_main:
             trainer._append_jsonl(path, {"step": 0, "epoch": 0.0, **metrics})
     else:
-        with open(path) as f:
+        with open(path) if os.path.exists(path) else contextlib.nullcontext([]) as f:
             records = [json.loads(line) for line in f if line.strip()]
         metrics = next(({k: v for k, v in r.items() if k not in ("step", "epoch")} for r in records
                         if r["step"] == 0), None)
