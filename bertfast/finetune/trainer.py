@@ -2,7 +2,10 @@
 
 The run is a pure function of its arguments and seed: the data order of each epoch comes from
 (seed, epoch), every random number from RNG states that checkpoints carry, so a run killed at any
-moment and resumed ends with bitwise the same weights as one that never stopped."""
+moment and resumed ends with bitwise the same weights as one that never stopped.
+
+`bertfast pretrain` (bertfast.pretrain.job) runs on the same steps: its Job, set as Run.job,
+supplies the batches, loss items, evaluation and model folders."""
 import contextlib
 import dataclasses
 import hashlib
