@@ -1,6 +1,7 @@
-"""The `bertfast` command (also `python -m bertfast`), with five subcommands (their --help says more):
+"""The `bertfast` command (also `python -m bertfast`), with six subcommands (their --help says more):
 
   finetune   fine-tune a BERT checkpoint on a task (classify, pair, regress, tag, qa); resumable, DDP
+  pretrain   masked-LM pretraining on a text corpus, continued from a checkpoint or from scratch
   predict    apply a fine-tuned model to a data file: one JSON line per example
   evaluate   score a fine-tuned model on a labelled data file
   bench      throughput and memory of bertfast's BERT against transformers'
@@ -95,10 +96,12 @@ def _predict_parsers(sub):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="bertfast", description="Fast BERT: finetune, predict, evaluate, "
+    parser = argparse.ArgumentParser(prog="bertfast", description="Fast BERT: finetune, pretrain, predict, evaluate, "
                                      "bench, info. `bertfast COMMAND --help` explains each.")
-    sub = parser.add_subparsers(dest="command", metavar="{finetune,predict,evaluate,bench,info}")
+    sub = parser.add_subparsers(dest="command", metavar="{finetune,pretrain,predict,evaluate,bench,info}")
     _finetune_parser(sub)
+    from .pretrain import command as pretrain_command
+    pretrain_command.add_arguments(sub)
     _predict_parsers(sub)
     from .bench import command as bench_command
     bench_command.add_arguments(sub.add_parser("bench", help="throughput and memory of bertfast's BERT against transformers'",
@@ -177,7 +180,9 @@ def main(argv=None):
         return 0
     from .finetune.data import DataError
     from .finetune.trainer import FinetuneError
-    run = {"finetune": _run_finetune, "predict": _run_predict, "evaluate": _run_evaluate}[args.command]
+    from .pretrain.command import run as _run_pretrain
+    run = {"finetune": _run_finetune, "pretrain": _run_pretrain, "predict": _run_predict,
+           "evaluate": _run_evaluate}[args.command]
     try:
         return run(args)
     except (DataError, FinetuneError, FileNotFoundError, ValueError, OSError) as e:
@@ -190,8 +195,8 @@ def _interrupted(args):
     """What to say on Ctrl-C: how to continue a fine-tuning run that has a checkpoint."""
     from .finetune.checkpoints import has_checkpoint
     output = getattr(args, "output", None) or ""
-    if args.command == "finetune" and has_checkpoint(output):
-        return f"interrupted; continue with `bertfast finetune --resume --output {output}`"
+    if args.command in ("finetune", "pretrain") and has_checkpoint(output):
+        return f"interrupted; continue with `bertfast {args.command} --resume --output {output}`"
     return "interrupted"
 
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from .. import ops
 from . import families
-from .encoder import BertModel, BertPreTrainedModel
+from .encoder import BertModel, BertPreTrainedModel, compute_dtype
 from .outputs import (MaskedLMOutput, PreTrainingOutput, QuestionAnsweringOutput, SequenceClassifierOutput,
                       TokenClassifierOutput)
 from .packing import unpad_index
@@ -171,13 +171,14 @@ class BertLMPredictionHead(nn.Module):
     def forward(self, hidden):
         return self.decoder(self.transform(hidden))
 
-    def loss(self, hidden, labels):
+    def loss(self, hidden, labels, reduction="mean"):
         """MLM loss from packed hidden states: only the tokens with a label go through the
         transform, and the vocab-sized logits are never stored when the fused op is present."""
         selected, _ = unpad_index((labels != -100)[None])
         rows = self.transform(hidden.index_select(0, selected))
-        return ops.linear_cross_entropy(rows, self.decoder.weight, labels.index_select(0, selected),
-                                            bias=self.decoder.bias)
+        dtype = compute_dtype(self.decoder.weight)  # autocast's, as F.linear would run
+        return ops.linear_cross_entropy(rows.to(dtype), self.decoder.weight.to(dtype), labels.index_select(0, selected),
+                                        bias=self.decoder.bias.to(dtype), reduction=reduction)
 
 
 class _TiedDecoder:
@@ -195,13 +196,13 @@ class _TiedDecoder:
         return self.cls.predictions.decoder
 
 
-def _mlm_outputs(prediction_head, hidden, packing, labels, return_logits):
+def _mlm_outputs(prediction_head, hidden, packing, labels, return_logits, reduction="mean"):
     """(loss or None, padded logits or None)."""
     packed_labels = None if labels is None else packing.pack(labels)
     if not return_logits:
-        return (None if labels is None else prediction_head.loss(hidden, packed_labels)), None
+        return (None if labels is None else prediction_head.loss(hidden, packed_labels, reduction)), None
     scores = prediction_head(hidden)
-    loss = None if labels is None else ops.softmax_cross_entropy(scores, packed_labels)
+    loss = None if labels is None else ops.softmax_cross_entropy(scores, packed_labels, reduction=reduction)
     return loss, packing.pad(scores)
 
 
@@ -214,7 +215,8 @@ class _OnlyMLMHead(nn.Module):
 class BertForMaskedLM(_TiedDecoder, BertPreTrainedModel):
     """Masked-LM head. `return_logits` (default: True unless training with labels) says whether the
     (batch, seq, vocab) logits are computed: without them the loss runs through the fused
-    linear + cross-entropy on the labelled tokens only."""
+    linear + cross-entropy on the labelled tokens only. `loss_reduction` as in the fine-tuning
+    heads: "sum" adds up the terms of the mean (one per labelled token)."""
 
     def __init__(self, config):
         super().__init__(config)
@@ -223,11 +225,12 @@ class BertForMaskedLM(_TiedDecoder, BertPreTrainedModel):
         self.post_init()
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None,
-                return_dict=True, return_logits=None):
+                return_dict=True, return_logits=None, loss_reduction="mean"):
         hidden, packing = self.bert.encode(input_ids, attention_mask, token_type_ids, position_ids)
         if return_logits is None:
             return_logits = labels is None or not self.training
-        loss, logits = _mlm_outputs(self.cls.predictions, hidden, packing, labels, return_logits)
+        loss, logits = _mlm_outputs(self.cls.predictions, hidden, packing, labels, return_logits,
+                                    _check_reduction(loss_reduction))
         return _finish(MaskedLMOutput(loss=loss, logits=logits), return_dict)
 
 
@@ -240,7 +243,8 @@ class BertPreTrainingHeads(nn.Module):
 
 class BertForPreTraining(_TiedDecoder, BertPreTrainedModel):
     """Masked-LM + next-sentence prediction; loss = MLM loss + NSP loss when both `labels` and
-    `next_sentence_label` are given. `return_logits` as in BertForMaskedLM."""
+    `next_sentence_label` are given. `return_logits` as in BertForMaskedLM; with
+    loss_reduction="sum" the loss is the sum of the MLM terms plus the sum of the NSP terms."""
 
     def __init__(self, config):
         super().__init__(config)
@@ -250,17 +254,18 @@ class BertForPreTraining(_TiedDecoder, BertPreTrainedModel):
         self.post_init()
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None,
-                next_sentence_label=None, return_dict=True, return_logits=None):
+                next_sentence_label=None, return_dict=True, return_logits=None, loss_reduction="mean"):
         hidden, packing = self.bert.encode(input_ids, attention_mask, token_type_ids, position_ids)
         seq_relationship_logits = self.cls.seq_relationship(self.bert.pool(hidden, packing))
         with_loss = labels is not None and next_sentence_label is not None
         if return_logits is None:
             return_logits = not with_loss or not self.training
+        reduction = _check_reduction(loss_reduction)
         mlm_loss, logits = _mlm_outputs(self.cls.predictions, hidden, packing, labels if with_loss else None,
-                                        return_logits)
+                                        return_logits, reduction)
         loss = None
         if with_loss:
             loss = mlm_loss + ops.softmax_cross_entropy(seq_relationship_logits.view(-1, 2),
-                                                            next_sentence_label.view(-1))
+                                                        next_sentence_label.view(-1), reduction=reduction)
         return _finish(PreTrainingOutput(loss=loss, prediction_logits=logits,
                                          seq_relationship_logits=seq_relationship_logits), return_dict)
