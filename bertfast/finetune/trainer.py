@@ -120,11 +120,16 @@ def _finetune(cfg, ctx):
         cfg = _resumed_config(cfg)
     _check_settings(cfg, ctx.device)
     tok, labels, train_examples, eval_examples = _read_inputs(cfg)
+    return in_output(cfg, ctx, lambda: _train(cfg, ctx, log, tok, labels, train_examples, eval_examples))
+
+
+def in_output(cfg, ctx, train):
+    """Prepare the output folder (rank 0), then train(): a new run that fails before its first
+    checkpoint leaves nothing behind."""
     created = _rank0_check(ctx, lambda: _prepare_output(cfg))
     try:
-        return _train(cfg, ctx, log, tok, labels, train_examples, eval_examples)
+        return train()
     except BaseException:
-        # A new run that failed before its first checkpoint leaves nothing behind.
         if ctx.is_main and not cfg.resume and not ckpt.has_checkpoint(cfg.output):
             _remove_failed_start(cfg.output, created)
         raise
@@ -283,6 +288,10 @@ class Run:
     scaler: Optional[object]          # GradScaler for fp16, else None
     plan: Plan
     task_info: dict                   # saved with every model folder (bertfast_task.json)
+    # Another kind of job on these steps (bertfast.pretrain.job.Job): it collates its batches,
+    # counts their loss items, evaluates, saves its model folders and names its determining
+    # arguments. None: fine-tuning.
+    job: Optional[object] = None
 
     @property
     def ckpt_dir(self):
@@ -297,7 +306,18 @@ def _train(cfg, ctx, log, tok, labels, train_examples, eval_examples):
     run = _build(cfg, ctx, log, data)
     state, pointer = _restore(run, log, _run_args(cfg, ctx, labels))
     log(_describe(run))
-    progress = Progress(cfg, ctx, run.plan.total_steps, state["global_step"])
+    seconds = train_loop(run, data, state, pointer, log)
+    log(_farewell(cfg, state))
+    return {"output": cfg.output, "eval": state["last_eval"], "best": state["best"], "steps": state["global_step"],
+            "seconds": seconds, "labels": labels}
+
+
+def train_loop(run, data, state, pointer, log):
+    """The optimizer steps from `state` to the end, evaluations and checkpoints on the way,
+    then the final model in the output folder; logs the summary line, returns the seconds."""
+    cfg, ctx = run.cfg, run.ctx
+    progress = Progress(cfg, ctx, run.plan.total_steps, state["global_step"], run.job.name if run.job else None)
+    done_before = state["global_step"]
     while state["epoch"] < len(run.plan.epoch_steps):
         groups = _epoch_groups(run.plan, data.lengths, cfg.seed, state["epoch"])
         _check_order(state, groups)
@@ -308,9 +328,13 @@ def _train(cfg, ctx, log, tok, labels, train_examples, eval_examples):
         _finish(run, pointer)
     if ctx.enabled:
         torch.distributed.barrier()
-    log(_farewell(cfg, state))
-    return {"output": cfg.output, "eval": state["last_eval"], "best": state["best"], "steps": state["global_step"],
-            "seconds": seconds, "labels": labels}
+    log(summary_line(state["global_step"] - done_before, seconds, progress.tokens))
+    return seconds
+
+
+def summary_line(steps, seconds, tokens):
+    """For instance "trained 122 steps in 310 s, 1,612 tokens/s" (the tokens of all processes)."""
+    return f"trained {steps} steps in {seconds:.0f} s, {tokens / max(seconds, 1e-9):,.0f} tokens/s"
 
 
 def _encode(cfg, log, tok, labels, train_examples, eval_examples):
@@ -331,26 +355,29 @@ def _encode(cfg, log, tok, labels, train_examples, eval_examples):
     return data
 
 
-def _build(cfg, ctx, log, data):
-    model, train_module = _seeded_model(cfg, ctx, log, data.labels)
+def _build(cfg, ctx, log, data, job=None):
+    """The Run; a `job` (see Run.job) brings its own model (job.load_model()) and task_info."""
+    model, train_module = _seeded_model(cfg, ctx, log, data.labels, job.load_model if job else None)
     plan = _schedule(len(data.features), cfg, ctx.world_size)
     optimizer = _optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_schedule(plan.total_steps, plan.warmup_steps))
     scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
     task_info = {"task": cfg.task, "max_length": cfg.max_length, "doc_stride": cfg.doc_stride,
                  "text_column": cfg.text_column, "text_pair_column": cfg.text_pair_column,
-                 "label_column": cfg.label_column, "labels": data.labels, "base_model": os.path.abspath(cfg.model)}
-    return Run(cfg, ctx, model, train_module, optimizer, scheduler, scaler, plan, task_info)
+                 "label_column": cfg.label_column, "labels": data.labels, "base_model": os.path.abspath(cfg.model)} \
+        if job is None else job.task_info
+    return Run(cfg, ctx, model, train_module, optimizer, scheduler, scaler, plan, task_info, job)
 
 
-def _seeded_model(cfg, ctx, log, labels):
+def _seeded_model(cfg, ctx, log, labels, load=None):
     """(model, the module training calls): a new head initialised from --seed, the same on every
-    rank; dropout seeded per rank."""
+    rank; dropout seeded per rank. `load()` -> (model, notes) replaces the task's load_model."""
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    model, notes = load_model(cfg.task, cfg.model, labels)
-    log(f"model: {type(model).__module__}.{type(model).__name__} from {cfg.model}" + "".join(f"; {n}" for n in notes))
+    model, notes = load() if load else load_model(cfg.task, cfg.model, labels)
+    log(f"model: {type(model).__module__}.{type(model).__name__}" + (f" from {cfg.model}" if cfg.model else "")
+        + "".join(f"; {n}" for n in notes))
     model.to(ctx.device)
     model.train()
     torch.manual_seed(cfg.seed + 1000003 * ctx.rank)  # dropout differs between ranks
@@ -410,7 +437,7 @@ def _restore(run, log, run_args):
             atomic_write_json(os.path.join(cfg.output, RUN_ARGS), run_args)
         return _fresh_state(), {"latest": None, "best": None}
     pointer = ckpt.read_pointer(run.ckpt_dir)
-    _check_same_run(cfg.output, run_args)
+    _check_same_run(cfg.output, run_args, run.job.determining if run.job else DETERMINING)
     state, rng_states = ckpt.load_training_state(run.ckpt_dir, pointer["latest"], run.model, run.optimizer,
                                                  run.scheduler, run.scaler, ctx.device)
     ckpt.set_rng_state(rng_states[ctx.rank])
@@ -421,11 +448,11 @@ def _restore(run, log, run_args):
     return state, pointer
 
 
-def _check_same_run(out_dir, run_args):
-    """A resumed run must have the DETERMINING arguments of the run it continues."""
+def _check_same_run(out_dir, run_args, determining=DETERMINING):
+    """A resumed run must have the determining arguments of the run it continues."""
     with open(os.path.join(out_dir, RUN_ARGS)) as f:
         saved = json.load(f)
-    changed = [k for k in DETERMINING if saved.get(k) != run_args.get(k)]
+    changed = [k for k in determining if saved.get(k) != run_args.get(k)]
     if changed:
         raise FinetuneError(f"--resume: the run in {out_dir} used other settings for {', '.join(changed)} "
                             f"({', '.join(f'{k}={saved.get(k)!r}' for k in changed)})")
@@ -449,10 +476,10 @@ def _farewell(cfg, state):
 class Progress:
     """The progress bar (rank 0, unless --no-progress), with the loss and this process's tokens/s."""
 
-    def __init__(self, cfg, ctx, total_steps, done_steps):
+    def __init__(self, cfg, ctx, total_steps, done_steps, desc=None):
         from tqdm import tqdm
         self.bar = tqdm(total=total_steps, initial=done_steps, disable=not (cfg.progress and ctx.is_main),
-                        desc=f"finetune {cfg.task}", unit="step", dynamic_ncols=True, file=sys.stderr)
+                        desc=desc or f"finetune {cfg.task}", unit="step", dynamic_ncols=True, file=sys.stderr)
         self.start, self.tokens = time.time(), 0
 
     def step(self, tokens, loss_ema):
@@ -493,7 +520,7 @@ def _check_order(state, groups):
 
 def _train_step(run, data, state, pointer, progress, group, steps_in_epoch):
     """One optimizer step, then what the eval/save policy asks for at its end."""
-    loss_sum, tokens, n_items = _step(run, data, group)
+    loss_sum, tokens, n_items = _step(run, data, group, state["epoch"])
     end_of_epoch = _advance(state, loss_sum, tokens, n_items, steps_in_epoch)
     progress.step(tokens, state["loss_ema"])
     _maybe_die(f"step:{state['global_step']}")
@@ -503,14 +530,17 @@ def _train_step(run, data, state, pointer, progress, group, steps_in_epoch):
         _checkpoint(run, state, pointer, eval_metrics)
 
 
-def _step(run, data, group):
+def _step(run, data, group, epoch=0):
     """Forward and backward of each global micro-batch of `group` (this rank's share of it),
     gradients synchronised on the last, then the update. Returns (summed loss, tokens, loss
     items) of the whole step over all ranks; the loss is normalised by the step's items."""
-    n_items = sum(loss_items(run.cfg.task, data.features, batch) for batch in group)
+    if run.job is not None:
+        n_items = sum(run.job.loss_items(batch, epoch) for batch in group)
+    else:
+        n_items = sum(loss_items(run.cfg.task, data.features, batch) for batch in group)
     loss_sum, tokens = 0.0, 0
     for j, global_batch in enumerate(group):
-        micro_loss, micro_tokens = _micro_batch(run, data, global_batch, n_items, sync=j == len(group) - 1)
+        micro_loss, micro_tokens = _micro_batch(run, data, global_batch, n_items, j == len(group) - 1, epoch)
         loss_sum += micro_loss
         tokens += micro_tokens
     _update(run)
@@ -518,14 +548,15 @@ def _step(run, data, group):
     return loss_sum, int(tokens), n_items
 
 
-def _micro_batch(run, data, global_batch, n_items, sync):
+def _micro_batch(run, data, global_batch, n_items, sync, epoch=0):
     """Backward of this rank's share of one global micro-batch; returns (its summed loss, its
     tokens). A rank with no share (fewer items than ranks) takes part with zero weight."""
     cfg, ctx = run.cfg, run.ctx
     local, weight = shard(global_batch, ctx.rank, ctx.world_size), 1.0
     if not local:
         local, weight = [global_batch[0]], 0.0
-    batch = {k: v.to(ctx.device, non_blocking=True) for k, v in collate(cfg.task, data.features, local, data.pad_id).items()}
+    tensors = run.job.collate(local, epoch) if run.job else collate(cfg.task, data.features, local, data.pad_id)
+    batch = {k: v.to(ctx.device, non_blocking=True) for k, v in tensors.items()}
     with contextlib.nullcontext() if sync or not ctx.enabled else run.train_module.no_sync():
         with _precision.autocast(ctx.device, cfg.precision):  # the head's own loss: the fused op's sum
             loss_sum = run.train_module(**batch, loss_reduction="sum").loss * weight
@@ -577,10 +608,13 @@ def _due(cfg, step, end_of_epoch, has_eval):
 def _evaluate(run, data, state, progress):
     """Metrics on the eval data (all ranks take part), logged in eval_log.jsonl by rank 0."""
     cfg, ctx = run.cfg, run.ctx
-    outputs = evaluation.model_outputs(run.model, cfg.task, data.eval_features, 2 * cfg.batch_size, ctx.device,
-                                       cfg.precision, data.pad_id, ctx)
-    predictions = evaluation.decode(cfg.task, data.eval_examples, data.eval_features, outputs, data.labels)
-    eval_metrics = evaluation.score(cfg.task, data.eval_examples, predictions, data.labels)
+    if run.job is not None:
+        eval_metrics = run.job.evaluate(run)
+    else:
+        outputs = evaluation.model_outputs(run.model, cfg.task, data.eval_features, 2 * cfg.batch_size, ctx.device,
+                                           cfg.precision, data.pad_id, ctx)
+        predictions = evaluation.decode(cfg.task, data.eval_examples, data.eval_features, outputs, data.labels)
+        eval_metrics = evaluation.score(cfg.task, data.eval_examples, predictions, data.labels)
     state["last_eval"] = eval_metrics
     if ctx.is_main:
         record = {"step": state["global_step"], "epoch": round(state["global_step"] / run.plan.steps_per_epoch, 4),
@@ -608,13 +642,21 @@ def _save_if_best(run, state, eval_metrics):
     """The name of a new best-N model folder when eval_metrics beats the best so far, else None."""
     if eval_metrics is None:
         return None
-    key = metrics.main_metric(run.cfg.task, eval_metrics)
+    key = run.job.main_metric if run.job else metrics.main_metric(run.cfg.task, eval_metrics)
     if state["best_metric"] is not None and not eval_metrics[key] > state["best_metric"]:
         return None
     state.update(best_metric=eval_metrics[key], best_step=state["global_step"], best=eval_metrics)
     name = f"best-{state['global_step']:08d}"
-    ckpt.write_folder(run.ckpt_dir, name, lambda tmp: save_model_files(run.model, run.cfg.model, run.task_info, tmp))
+    ckpt.write_folder(run.ckpt_dir, name, lambda tmp: _save_model(run, tmp))
     return name
+
+
+def _save_model(run, folder):
+    """A complete model folder: the job's, or the fine-tuned model with its tokenizer and task file."""
+    if run.job is not None:
+        run.job.save_model(run.model, folder)
+    else:
+        save_model_files(run.model, run.cfg.model, run.task_info, folder)
 
 
 # ---- the eval log, and the end: the final model in the output folder ----
@@ -644,13 +686,16 @@ def _finish(run, pointer):
     shutil.rmtree(staging, ignore_errors=True)
     os.makedirs(staging)
     if source is None:
-        save_model_files(run.model, cfg.model, run.task_info, staging)
+        _save_model(run, staging)
     else:
-        for name in os.listdir(source):
-            shutil.copyfile(os.path.join(source, name), os.path.join(staging, name))
+        for name in os.listdir(source):  # a subfolder too (a sentence-embedding model's 1_Pooling/)
+            copy = shutil.copytree if os.path.isdir(os.path.join(source, name)) else shutil.copyfile
+            copy(os.path.join(source, name), os.path.join(staging, name))
     fsync_tree(staging)
     names = sorted(os.listdir(staging), key=lambda n: n.endswith(".safetensors"))
     for name in names:
+        if os.path.isdir(os.path.join(out_dir, name)):
+            shutil.rmtree(os.path.join(out_dir, name))
         os.replace(os.path.join(staging, name), os.path.join(out_dir, name))
     os.rmdir(staging)
     fsync_dir(out_dir)
