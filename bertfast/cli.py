@@ -40,7 +40,7 @@ def _finetune_parser(sub):
                        description="Fine-tune a BERT checkpoint (a local Hugging Face folder) on one of five tasks.",
                        epilog=TASK_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("what to train")
-    g.add_argument("--task", choices=["classify", "pair", "regress", "tag", "qa"], help="the kind of task")
+    g.add_argument("--task", choices=["classify", "pair", "regress", "tag", "qa", "rank"], help="the kind of task")
     g.add_argument("--model", help="folder of the pretrained checkpoint (config.json, model.safetensors, tokenizer.json or vocab.txt)")
     g.add_argument("--train", help="training data file")
     g.add_argument("--eval", help="held-out data file, evaluated during training; the best evaluated model is kept")
@@ -70,6 +70,8 @@ def _finetune_parser(sub):
     r.add_argument("--overwrite", action="store_true", default=None, help="empty a non-empty --output first")
     r.add_argument("--keep-checkpoints", action="store_true", default=None, help="keep the training checkpoints after the run ends")
     r.add_argument("--no-progress", action="store_true", default=None, help="no progress bar")
+    from .finetune.search_command import add_rank_arguments
+    add_rank_arguments(p)
     return p
 
 
@@ -85,8 +87,9 @@ def _predict_parsers(sub):
     e.add_argument("--model", required=True, help="folder of a fine-tuned model")
     e.add_argument("--data", required=True, help="labelled data file in the format of the task")
     e.add_argument("--output", help="also write the metrics to this JSON file")
+    e.add_argument("--corpus", help="rank: extra documents (JSONL/CSV {\"id\", \"text\"} or .txt) besides the positives")
     for q in (p, e):
-        q.add_argument("--task", choices=["classify", "pair", "regress", "tag", "qa"],
+        q.add_argument("--task", choices=["classify", "pair", "regress", "tag", "qa", "rank"],
                        help="the model's task, for folders not made by bertfast (default: from bertfast_task.json)")
         q.add_argument("--batch-size", type=int, default=64, help="examples per batch (default 64)")
         q.add_argument("--max-length", type=int, help="tokens per input (default: as in training)")
@@ -100,6 +103,8 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", metavar="{finetune,predict,evaluate,bench,info}")
     _finetune_parser(sub)
     _predict_parsers(sub)
+    from .finetune import search_command
+    search_command.add_commands(sub)
     from .bench import command as bench_command
     bench_command.add_arguments(sub.add_parser("bench", help="throughput and memory of bertfast's BERT against transformers'",
                                                description=bench_command.__doc__,
@@ -129,8 +134,9 @@ def finetune_config(args):
     """A FinetuneConfig from the parsed arguments; the embedded default when no task, model or
     train file is given (other arguments still apply)."""
     from .finetune.data.sample_data import sample_path
+    from .finetune.search_command import RANK_ARGS  # taken by finetune_rank_args
     from .finetune.trainer import FinetuneConfig
-    given = {k: v for k, v in vars(args).items() if v is not None and k != "command"}
+    given = {k: v for k, v in vars(args).items() if v is not None and k != "command" and k not in RANK_ARGS}
     progress = not given.pop("no_progress", False)
     if given.get("resume"):  # the run's saved arguments fill in the rest (bertfast.finetune.trainer._resumed_config)
         if "output" not in given:
@@ -177,7 +183,9 @@ def main(argv=None):
         return 0
     from .finetune.data import DataError
     from .finetune.trainer import FinetuneError
-    run = {"finetune": _run_finetune, "predict": _run_predict, "evaluate": _run_evaluate}[args.command]
+    from .finetune.search_command import run_embed, run_search
+    run = {"finetune": _run_finetune, "predict": _run_predict, "evaluate": _run_evaluate, "embed": run_embed,
+           "search": run_search}[args.command]
     try:
         return run(args)
     except (DataError, FinetuneError, FileNotFoundError, ValueError, OSError) as e:
@@ -206,8 +214,12 @@ def _run_predict(args):
 
 def _run_evaluate(args):
     from .finetune.predict import evaluate
-    result = evaluate(args.model, args.data, args.task, args.device, args.precision, args.batch_size,
-                      args.max_length)
+    from .finetune.search_command import evaluate_rank_args, is_rank_model
+    if args.task == "rank" or (args.task is None and is_rank_model(args.model)):
+        result = evaluate_rank_args(args)
+    else:
+        result = evaluate(args.model, args.data, args.task, args.device, args.precision, args.batch_size,
+                          args.max_length)
     print(json.dumps(result, indent=2))
     if args.output:
         from ._files import atomic_write_json
@@ -221,7 +233,8 @@ def _run_finetune(args):
     if default_run and _is_main_process():
         print(f"bertfast finetune: embedded default run: {cfg.task} on {cfg.train} "
               f"with {cfg.model}, {cfg.epochs:g} epochs on {cfg.device}", flush=True)
-    result = finetune(cfg)
+    from .finetune.search_command import finetune_rank_args, is_rank_run
+    result = finetune_rank_args(cfg, args) if is_rank_run(cfg) else finetune(cfg)
     if _is_main_process():
         final = result["best"] or result["eval"]
         if final:
