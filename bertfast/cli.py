@@ -1,8 +1,10 @@
-"""The `bertfast` command (also `python -m bertfast`), with five subcommands (their --help says more):
+"""The `bertfast` command (also `python -m bertfast`), with seven subcommands (their --help says more):
 
-  finetune   fine-tune a BERT checkpoint on a task (classify, pair, regress, tag, qa); resumable, DDP
+  finetune   fine-tune a BERT checkpoint on a task (classify, pair, regress, tag, qa, rank); resumable, DDP
   predict    apply a fine-tuned model to a data file: one JSON line per example
   evaluate   score a fine-tuned model on a labelled data file
+  embed      embeddings of a corpus with a bi-encoder (--task rank or a sentence-embedding checkpoint)
+  search     the documents of a corpus (or its embeddings) nearest to a query
   bench      throughput and memory of bertfast's BERT against transformers'
   info       what this bertfast was built with and what it runs on
 """
@@ -27,6 +29,8 @@ TASK_HELP = """tasks and data formats:
             -DOCSTART- skipped) or JSONL {"tokens": [...], "tags": [...]}.
   qa        extractive question answering: SQuAD v1.1 JSON, or JSONL {"id", "question", "context",
             "answers": {"text": [...], "answer_start": [...]}}.
+  rank      search: a bi-encoder trained with in-batch, given and mined negatives. JSONL
+            {"query", "positive": str or [str], "negatives": [str]}; metrics MRR@10, Recall@k, nDCG@10.
 
 With no --task, --model and --train, `bertfast finetune` runs its embedded default: sentiment
 classification of the shipped Rotten Tomatoes sample with the MiniLM checkpoint
@@ -37,7 +41,7 @@ Many GPUs or hosts: torchrun --nproc_per_node=N -m bertfast finetune ... (--batc
 
 def _finetune_parser(sub):
     p = sub.add_parser("finetune", help="fine-tune a BERT checkpoint on a task",
-                       description="Fine-tune a BERT checkpoint (a local Hugging Face folder) on one of five tasks.",
+                       description="Fine-tune a BERT checkpoint (a local Hugging Face folder) on one of six tasks.",
                        epilog=TASK_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("what to train")
     g.add_argument("--task", choices=["classify", "pair", "regress", "tag", "qa", "rank"], help="the kind of task")
@@ -98,9 +102,9 @@ def _predict_parsers(sub):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="bertfast", description="Fast BERT: finetune, predict, evaluate, "
+    parser = argparse.ArgumentParser(prog="bertfast", description="Fast BERT: finetune, predict, evaluate, embed, search, "
                                      "bench, info. `bertfast COMMAND --help` explains each.")
-    sub = parser.add_subparsers(dest="command", metavar="{finetune,predict,evaluate,bench,info}")
+    sub = parser.add_subparsers(dest="command", metavar="{finetune,predict,evaluate,embed,search,bench,info}")
     _finetune_parser(sub)
     _predict_parsers(sub)
     from .finetune import search_command
@@ -234,12 +238,14 @@ def _run_finetune(args):
         print(f"bertfast finetune: embedded default run: {cfg.task} on {cfg.train} "
               f"with {cfg.model}, {cfg.epochs:g} epochs on {cfg.device}", flush=True)
     from .finetune.search_command import finetune_rank_args, is_rank_run
-    result = finetune_rank_args(cfg, args) if is_rank_run(cfg) else finetune(cfg)
+    rank = is_rank_run(cfg)
+    result = finetune_rank_args(cfg, args) if rank else finetune(cfg)
     if _is_main_process():
         final = result["best"] or result["eval"]
         if final:
             shown = ", ".join(f"{k} {v:.4f}" for k, v in final.items())
             print(f"held-out ({cfg.eval}): {shown}")
-        print(f"model: {os.path.abspath(result['output'])}  "
-              f"(bertfast predict --model {result['output']} --input FILE --output predictions.jsonl)")
+        use = (f"bertfast search --model {result['output']} --corpus FILE --query TEXT" if rank else
+               f"bertfast predict --model {result['output']} --input FILE --output predictions.jsonl")
+        print(f"model: {os.path.abspath(result['output'])}  ({use})")
     return 0
