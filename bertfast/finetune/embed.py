@@ -3,8 +3,8 @@
 and exact top-k search of queries against it, in chunks.
 
 The embeddings file: tensor `embeddings` (documents, dim) float32 (L2-normalised), and `ids` and
-`previews` (the first characters of each text) as UTF-8 JSON in uint8 tensors, so the file has
-no header size limit; its metadata names the model (`model_digest`), pooling and dimension. A
+`texts` as UTF-8 JSON in uint8 tensors (so the file has no header size limit, and search can
+show and re-rank the documents without the corpus file); its metadata names the model (`model_digest`), pooling and dimension. A
 .npy output holds the array, its ids and metadata in FILE.npy.json beside it."""
 import hashlib
 import json
@@ -21,7 +21,6 @@ from .rank import load_bi_encoder, model_settings, tokenize, _tokenizer
 from .rank_data import read_corpus
 from .retrieval_metrics import top_k
 
-PREVIEW = 200        # characters of each text kept in the embeddings file
 READ_CHUNK = 8192    # documents tokenized and embedded at a time
 
 
@@ -84,35 +83,34 @@ def _json_tensor(obj):
 
 def write_embeddings(path, embeddings, ids, texts, metadata):
     """The embeddings file (safetensors, or .npy with a .json beside it), written atomically."""
-    previews = [t[:PREVIEW] for t in texts]
     if path.lower().endswith(".npy"):
-        atomic_write_json(path + ".json", {**metadata, "ids": ids, "previews": previews})
+        atomic_write_json(path + ".json", {**metadata, "ids": ids, "texts": texts})
         atomic_write(path, lambda tmp: np.save(open(tmp, "wb"), embeddings))
         return
     if not path.lower().endswith(".safetensors"):
         raise DataError(f"--output {path}: name it .safetensors or .npy")
     from safetensors.torch import save_file
     tensors = {"embeddings": torch.from_numpy(np.ascontiguousarray(embeddings)), "ids": _json_tensor(ids),
-               "previews": _json_tensor(previews)}
+               "texts": _json_tensor(texts)}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def read_embeddings(path):
-    """(embeddings tensor, ids, previews, metadata) of a file made by write_embeddings."""
+    """(embeddings tensor, ids, texts, metadata) of a file made by write_embeddings."""
     if not os.path.exists(path):
         raise DataError(f"embeddings file {path} does not exist")
     try:
         if path.lower().endswith(".npy"):
             with open(path + ".json") as f:
                 meta = json.load(f)
-            return torch.from_numpy(np.load(path)), meta.pop("ids"), meta.pop("previews"), meta
+            return torch.from_numpy(np.load(path)), meta.pop("ids"), meta.pop("texts"), meta
         from safetensors import safe_open
         with safe_open(path, "pt") as f:
             meta = f.metadata() or {}
-            emb, ids, previews = (f.get_tensor(k) for k in ("embeddings", "ids", "previews"))
+            emb, ids, texts = (f.get_tensor(k) for k in ("embeddings", "ids", "texts"))
     except (OSError, ValueError, KeyError, Exception) as e:
         raise DataError(f"{path}: not an embeddings file made by `bertfast embed` ({e})") from None
-    return emb, json.loads(bytes(ids.numpy())), json.loads(bytes(previews.numpy())), meta
+    return emb, json.loads(bytes(ids.numpy())), json.loads(bytes(texts.numpy())), meta
 
 
 def check_same_model(path, meta, emb, encoder):
@@ -127,14 +125,14 @@ def check_same_model(path, meta, emb, encoder):
 
 
 def corpus_for_search(path, encoder, progress=False):
-    """(embeddings, ids, previews): from an embeddings file, or a text corpus embedded now."""
+    """(embeddings, ids, texts): from an embeddings file, or a text corpus embedded now."""
     if path.lower().endswith((".safetensors", ".npy")):
-        emb, ids, previews, meta = read_embeddings(path)
+        emb, ids, texts, meta = read_embeddings(path)
         check_same_model(path, meta, emb, encoder)
-        return emb, ids, previews
+        return emb, ids, texts
     ids, texts = read_corpus(path)
     emb, _ = embed_corpus(encoder, texts, progress)
-    return torch.from_numpy(emb), ids, [t[:PREVIEW] for t in texts]
+    return torch.from_numpy(emb), ids, texts
 
 
 def search(encoder, queries, corpus_emb, k):
@@ -142,3 +140,27 @@ def search(encoder, queries, corpus_emb, k):
     q, _ = encoder.embed(queries, query=True)
     scores, index = top_k(q, corpus_emb, k)
     return [list(zip(i.tolist(), s.tolist())) for i, s in zip(index, scores)]
+
+
+def rerank(model_dir, query, hits, texts, device, precision="fp32"):
+    """hits [(row, score)] re-scored by a cross-encoder made by `finetune --task pair` (the
+    probability of its relevant class: "1", "entailment", "relevant", else the last) or
+    `--task regress` (its score), best first."""
+    from . import evaluation
+    from .data import TextExample
+    from .distributed import resolve_device
+    from .predict import _load
+    from .tokenization import encode_examples
+    device = resolve_device(device)
+    info, task, tok, model, labels, max_length = _load(model_dir, None, device, None)
+    if task not in ("pair", "regress"):
+        raise DataError(f"--rerank {model_dir}: a cross-encoder made by --task pair or regress, not {task}")
+    examples = [TextExample(i, query, texts[row], None) for i, (row, _) in enumerate(hits)]
+    features, _ = encode_examples(task, tok, examples, max_length)
+    outputs = evaluation.model_outputs(model, task, features, 64, device, precision, tok.pad_id)
+    if task == "regress":
+        scores = [float(o[0]) for o in outputs]
+    else:
+        k = next((labels.index(n) for n in ("1", "entailment", "relevant", "positive") if n in labels), len(labels) - 1)
+        scores = [float(evaluation.softmax(o.astype(np.float64))[k]) for o in outputs]
+    return sorted(((row, s) for (row, _), s in zip(hits, scores)), key=lambda x: -x[1])

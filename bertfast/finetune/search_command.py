@@ -38,6 +38,7 @@ def add_commands(sub):
     s.add_argument("--corpus", required=True, help="embeddings file (.safetensors/.npy) or corpus file")
     s.add_argument("--query", required=True, action="append", help="query text (repeat for several)")
     s.add_argument("--top-k", type=int, default=10, help="documents per query (default 10)")
+    s.add_argument("--rerank", help="re-score the top k with this cross-encoder (a model made by --task pair)")
     for q in (e, s):
         q.add_argument("--max-length", type=int, help="tokens per document (default: the model's)")
         q.add_argument("--max-tokens", type=int, default=16384, help="tokens per batch, bounds memory (default 16384)")
@@ -96,15 +97,17 @@ def run_embed(args):
 
 def run_search(args):
     from .data.readers import DataError
-    from .embed import Encoder, corpus_for_search, search
+    from .embed import Encoder, corpus_for_search, rerank, search
     if args.top_k < 1:
         raise DataError(f"--top-k must be at least 1, got {args.top_k}")
     encoder = Encoder(args.model, args.device, args.precision, args.max_length, args.max_tokens)
-    emb, ids, previews = corpus_for_search(args.corpus, encoder, not args.no_progress)
+    emb, ids, texts = corpus_for_search(args.corpus, encoder, not args.no_progress)
     for query, hits in zip(args.query, search(encoder, args.query, emb, args.top_k)):
+        if args.rerank:
+            hits = rerank(args.rerank, query, hits, texts, args.device, args.precision)
         if len(args.query) > 1:
             print(f"query: {query}")
         for rank, (row, score) in enumerate(hits, 1):
-            text = " ".join(previews[row].split())
+            text = " ".join(texts[row][:200].split())
             print(f"{rank:>3}  {ids[row]}  {score:.4f}  {text[:80]}")
     return 0

@@ -323,3 +323,17 @@ def test_bad_input_messages(tiny0, tiny, tmp_path, capsys):
     capsys.readouterr()
     one_line_error(capsys, ["search", "--model", tiny, "--corpus", tmp_path / "e.safetensors", "--query", "x",
                             "--device", "cpu"], "e.safetensors", "another model")
+
+
+def test_search_rerank_with_a_pair_cross_encoder(tiny0, tmp_path, capsys):
+    """--rerank re-scores the top k with a --task pair model: its scores are probabilities, best first."""
+    from bertfast.cli import main
+    from bertfast.finetune.trainer import FinetuneConfig, finetune
+    cross = tmp_path / "cross"
+    finetune(FinetuneConfig(task="pair", model=tiny0, train=sample_path("pair"), output=str(cross), max_length=48,
+                            epochs=0.1, batch_size=16, device="cpu", max_train_examples=64, progress=False, quiet=True))
+    corpus = write_corpus(tmp_path, corpus_rows()[:6])
+    assert main(["search", "--model", tiny0, "--corpus", str(corpus), "--query", "Who won?", "--top-k", "4",
+                 "--rerank", str(cross), "--device", "cpu", "--no-progress"]) == 0
+    scores = [float(line.split()[2]) for line in capsys.readouterr().out.splitlines()]
+    assert len(scores) == 4 and scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
