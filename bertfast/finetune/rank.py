@@ -82,8 +82,9 @@ def finetune_rank(cfg: RankConfig):
 
 def _check_settings(cfg, device):
     trainer._check_settings(cfg, device)
-    if cfg.query_max_length < 3:
-        raise FinetuneError(f"--query-max-length must be at least 3, got {cfg.query_max_length}")
+    for name in ("query_max_length", "max_length"):
+        if getattr(cfg, name) < 3:  # [CLS] a token [SEP]
+            raise FinetuneError(f"--{name.replace('_', '-')} must be at least 3, got {getattr(cfg, name)}")
     if cfg.mine_negatives < 0:
         raise FinetuneError(f"--mine-negatives must be 0 or more, got {cfg.mine_negatives}")
     if cfg.pooling is not None and cfg.pooling not in POOLING_MODES:

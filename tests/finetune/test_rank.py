@@ -196,6 +196,10 @@ def test_training_improves_retrieval_and_saves_a_sentence_embedding_folder(tiny0
         assert again[k] == pytest.approx(v, abs=1e-4), k
     from transformers import BertModel as HFBert
     HFBert.from_pretrained(str(out), local_files_only=True)
+    from bertfast.cli import main  # evaluate finds the task in bertfast_task.json
+    assert main(["evaluate", "--model", str(out), "--data", str(small(tmp_path, "eval", 100)), "--device", "cpu",
+                 "--output", str(tmp_path / "metrics.json")]) == 0
+    assert json.load(open(tmp_path / "metrics.json"))["mrr@10"] == pytest.approx(best["mrr@10"], abs=1e-4)
 
 
 def test_resume_with_mining_each_epoch_is_bitwise_identical(tiny, tmp_path):
@@ -311,6 +315,7 @@ def test_bad_input_messages(tiny0, tiny, tmp_path, capsys):
     one_line_error(capsys, ["finetune", *common], f"{bad}, line 2", "query")
     bad.write_text('{"query": "q1", "positive": "d1", "negatives": ["d9", "d1"]}\n')
     one_line_error(capsys, ["finetune", *common], f"{bad}, line 1", "both a positive and a negative")
+    one_line_error(capsys, ["finetune", *common, "--query-max-length", "2"], "--query-max-length must be at least 3")
     assert not (tmp_path / "o").exists()
     corpus = write_corpus(tmp_path, [{"id": "a", "text": "x"}, {"id": "b", "text": "y"}, {"id": "a", "text": "z"}])
     one_line_error(capsys, ["embed", "--model", tiny0, "--input", corpus, "--output", tmp_path / "e.safetensors",
