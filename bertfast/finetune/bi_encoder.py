@@ -55,7 +55,8 @@ def pool(hidden, cu_seqlens, modes):
     """(batch, hidden * len(modes)) from packed rows (tokens, hidden) and int32 cu_seqlens:
     sentence-transformers' definitions over the real tokens ([CLS] and [SEP] included)."""
     lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
-    seq = torch.repeat_interleave(torch.arange(len(lengths), device=hidden.device), lengths)
+    seq = torch.repeat_interleave(torch.arange(len(lengths), device=hidden.device), lengths,
+                                  output_size=hidden.shape[0])  # no device sync on CUDA
     out = []
     for mode in modes:
         if mode == "cls":
