@@ -1,9 +1,11 @@
-"""The `bertfast` command (also `python -m bertfast`), with six subcommands (their --help says more):
+"""The `bertfast` command (also `python -m bertfast`), with nine subcommands (their --help says more):
 
-  finetune   fine-tune a BERT checkpoint on a task (classify, pair, regress, tag, qa); resumable, DDP
+  finetune   fine-tune a BERT checkpoint on a task (classify, pair, regress, tag, qa, rank); resumable, DDP
   pretrain   masked-LM pretraining on a text corpus, continued from a checkpoint or from scratch
   predict    apply a fine-tuned model to a data file: one JSON line per example
   evaluate   score a fine-tuned model on a labelled data file
+  embed      embeddings of a corpus with a bi-encoder (--task rank or a sentence-embedding checkpoint)
+  search     the documents of a corpus (or its embeddings) nearest to a query
   bench      throughput and memory of bertfast's BERT against transformers'
   info       what this bertfast was built with and what it runs on
 """
@@ -28,6 +30,8 @@ TASK_HELP = """tasks and data formats:
             -DOCSTART- skipped) or JSONL {"tokens": [...], "tags": [...]}.
   qa        extractive question answering: SQuAD v1.1 JSON, or JSONL {"id", "question", "context",
             "answers": {"text": [...], "answer_start": [...]}}.
+  rank      search: a bi-encoder trained with in-batch, given and mined negatives. JSONL
+            {"query", "positive": str or [str], "negatives": [str]}; metrics MRR@10, Recall@k, nDCG@10.
 
 With no --task, --model and --train, `bertfast finetune` runs its embedded default: sentiment
 classification of the shipped Rotten Tomatoes sample with the MiniLM checkpoint
@@ -38,10 +42,10 @@ Many GPUs or hosts: torchrun --nproc_per_node=N -m bertfast finetune ... (--batc
 
 def _finetune_parser(sub):
     p = sub.add_parser("finetune", help="fine-tune a BERT checkpoint on a task",
-                       description="Fine-tune a BERT checkpoint (a local Hugging Face folder) on one of five tasks.",
+                       description="Fine-tune a BERT checkpoint (a local Hugging Face folder) on one of six tasks.",
                        epilog=TASK_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("what to train")
-    g.add_argument("--task", choices=["classify", "pair", "regress", "tag", "qa"], help="the kind of task")
+    g.add_argument("--task", choices=["classify", "pair", "regress", "tag", "qa", "rank"], help="the kind of task")
     g.add_argument("--model", help="folder of the pretrained checkpoint (config.json, model.safetensors, tokenizer.json or vocab.txt)")
     g.add_argument("--train", help="training data file")
     g.add_argument("--eval", help="held-out data file, evaluated during training; the best evaluated model is kept")
@@ -71,6 +75,8 @@ def _finetune_parser(sub):
     r.add_argument("--overwrite", action="store_true", default=None, help="empty a non-empty --output first")
     r.add_argument("--keep-checkpoints", action="store_true", default=None, help="keep the training checkpoints after the run ends")
     r.add_argument("--no-progress", action="store_true", default=None, help="no progress bar")
+    from .finetune.search_command import add_rank_arguments
+    add_rank_arguments(p)
     return p
 
 
@@ -86,8 +92,9 @@ def _predict_parsers(sub):
     e.add_argument("--model", required=True, help="folder of a fine-tuned model")
     e.add_argument("--data", required=True, help="labelled data file in the format of the task")
     e.add_argument("--output", help="also write the metrics to this JSON file")
+    e.add_argument("--corpus", help="rank: extra documents (JSONL/CSV {\"id\", \"text\"} or .txt) besides the positives")
     for q in (p, e):
-        q.add_argument("--task", choices=["classify", "pair", "regress", "tag", "qa"],
+        q.add_argument("--task", choices=["classify", "pair", "regress", "tag", "qa", "rank"],
                        help="the model's task, for folders not made by bertfast (default: from bertfast_task.json)")
         q.add_argument("--batch-size", type=int, default=64, help="examples per batch (default 64)")
         q.add_argument("--max-length", type=int, help="tokens per input (default: as in training)")
@@ -97,12 +104,15 @@ def _predict_parsers(sub):
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="bertfast", description="Fast BERT: finetune, pretrain, predict, evaluate, "
-                                     "bench, info. `bertfast COMMAND --help` explains each.")
-    sub = parser.add_subparsers(dest="command", metavar="{finetune,pretrain,predict,evaluate,bench,info}")
+                                     "embed, search, bench, info. `bertfast COMMAND --help` explains each.")
+    sub = parser.add_subparsers(dest="command",
+                                metavar="{finetune,pretrain,predict,evaluate,embed,search,bench,info}")
     _finetune_parser(sub)
     from .pretrain import command as pretrain_command
     pretrain_command.add_arguments(sub)
     _predict_parsers(sub)
+    from .finetune import search_command
+    search_command.add_commands(sub)
     from .bench import command as bench_command
     bench_command.add_arguments(sub.add_parser("bench", help="throughput and memory of bertfast's BERT against transformers'",
                                                description=bench_command.__doc__,
@@ -132,8 +142,9 @@ def finetune_config(args):
     """A FinetuneConfig from the parsed arguments; the embedded default when no task, model or
     train file is given (other arguments still apply)."""
     from .finetune.data.sample_data import sample_path
+    from .finetune.search_command import RANK_ARGS  # taken by finetune_rank_args
     from .finetune.trainer import FinetuneConfig
-    given = {k: v for k, v in vars(args).items() if v is not None and k != "command"}
+    given = {k: v for k, v in vars(args).items() if v is not None and k != "command" and k not in RANK_ARGS}
     progress = not given.pop("no_progress", False)
     if given.get("resume"):  # the run's saved arguments fill in the rest (bertfast.finetune.trainer._resumed_config)
         if "output" not in given:
@@ -180,9 +191,10 @@ def main(argv=None):
         return 0
     from .finetune.data import DataError
     from .finetune.trainer import FinetuneError
+    from .finetune.search_command import run_embed, run_search
     from .pretrain.command import run as _run_pretrain
     run = {"finetune": _run_finetune, "pretrain": _run_pretrain, "predict": _run_predict,
-           "evaluate": _run_evaluate}[args.command]
+           "evaluate": _run_evaluate, "embed": run_embed, "search": run_search}[args.command]
     try:
         return run(args)
     except (DataError, FinetuneError, FileNotFoundError, ValueError, OSError) as e:
@@ -211,8 +223,12 @@ def _run_predict(args):
 
 def _run_evaluate(args):
     from .finetune.predict import evaluate
-    result = evaluate(args.model, args.data, args.task, args.device, args.precision, args.batch_size,
-                      args.max_length)
+    from .finetune.search_command import evaluate_rank_args, is_rank_model
+    if args.task == "rank" or (args.task is None and is_rank_model(args.model)):
+        result = evaluate_rank_args(args)
+    else:
+        result = evaluate(args.model, args.data, args.task, args.device, args.precision, args.batch_size,
+                          args.max_length)
     print(json.dumps(result, indent=2))
     if args.output:
         from ._files import atomic_write_json
@@ -226,12 +242,15 @@ def _run_finetune(args):
     if default_run and _is_main_process():
         print(f"bertfast finetune: embedded default run: {cfg.task} on {cfg.train} "
               f"with {cfg.model}, {cfg.epochs:g} epochs on {cfg.device}", flush=True)
-    result = finetune(cfg)
+    from .finetune.search_command import finetune_rank_args, is_rank_run
+    rank = is_rank_run(cfg)
+    result = finetune_rank_args(cfg, args) if rank else finetune(cfg)
     if _is_main_process():
         final = result["best"] or result["eval"]
         if final:
             shown = ", ".join(f"{k} {v:.4f}" for k, v in final.items())
             print(f"held-out ({cfg.eval}): {shown}")
-        print(f"model: {os.path.abspath(result['output'])}  "
-              f"(bertfast predict --model {result['output']} --input FILE --output predictions.jsonl)")
+        use = (f"bertfast search --model {result['output']} --corpus FILE --query TEXT" if rank else
+               f"bertfast predict --model {result['output']} --input FILE --output predictions.jsonl")
+        print(f"model: {os.path.abspath(result['output'])}  ({use})")
     return 0

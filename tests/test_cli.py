@@ -135,7 +135,7 @@ def test_every_command_is_named_in_the_docstring_and_help(capsys):
     import bertfast.cli
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices
-    assert set(commands) == {"finetune", "pretrain", "predict", "evaluate", "bench", "info"}
+    assert set(commands) == {"finetune", "pretrain", "predict", "evaluate", "embed", "search", "bench", "info"}
     with pytest.raises(SystemExit):
         main(["--help"])
     text = capsys.readouterr().out

@@ -694,11 +694,14 @@ def _finish(run, pointer):
     if source is None:
         _save_model(run, staging)
     else:
-        for name in os.listdir(source):
-            shutil.copyfile(os.path.join(source, name), os.path.join(staging, name))
+        for name in os.listdir(source):  # a subfolder too (a sentence-embedding model's 1_Pooling/)
+            copy = shutil.copytree if os.path.isdir(os.path.join(source, name)) else shutil.copyfile
+            copy(os.path.join(source, name), os.path.join(staging, name))
     fsync_tree(staging)
     names = sorted(os.listdir(staging), key=lambda n: n.endswith(".safetensors"))
     for name in names:
+        if os.path.isdir(os.path.join(out_dir, name)):
+            shutil.rmtree(os.path.join(out_dir, name))
         os.replace(os.path.join(staging, name), os.path.join(out_dir, name))
     os.rmdir(staging)
     fsync_dir(out_dir)

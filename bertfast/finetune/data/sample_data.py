@@ -10,6 +10,7 @@ SAMPLE_FILES = {
     "regress": ("similarity/train.jsonl", "similarity/test.jsonl"),
     "tag": ("ner/train.conll", "ner/dev.conll"),
     "qa": ("squad/train.json", "squad/dev.json"),
+    "rank": ("rank/train.jsonl", "rank/dev.jsonl"),
 }
 
 
