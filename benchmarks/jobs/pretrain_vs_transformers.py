@@ -17,7 +17,7 @@ time per step ("cpu"), steadier on a shared machine. Then both models, having se
 number of tokens, are scored on the same held-out blocks (the shipped test reviews) with the
 same fixed masks: masked-token accuracy, a check that the faster step learns as much.
 
-    python benchmarks/bench_pretrain.py [--threads 1] [--reps 5] [--precision fp32|bf16] [--json out.json]
+    python benchmarks/jobs/pretrain_vs_transformers.py [--threads 1] [--reps 5] [--precision fp32|bf16] [--json out.json]
 """
 import argparse
 import csv
@@ -29,7 +29,7 @@ import tempfile
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a checkout's bertfast
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # a checkout's bertfast
 from bertfast import _precision  # noqa: E402
 from bertfast.bench import timing  # noqa: E402
 from bertfast.bench.workloads import MODEL_SIZES  # noqa: E402

@@ -17,7 +17,7 @@ length-sorted batches of 32.
 
 Interleaved, median of --reps after --warmup (bertfast.bench.timing.time_interleaved).
 
-    python benchmarks/bench_rank.py [--threads N] [--reps 5] [--json out.json]
+    python benchmarks/jobs/rank_vs_transformers.py [--threads N] [--reps 5] [--json out.json]
 """
 import argparse
 import json
@@ -27,7 +27,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a checkout's bertfast
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # a checkout's bertfast
 from bertfast.bench import timing  # noqa: E402
 from bertfast.finetune.data import sample_path  # noqa: E402
 
