@@ -18,7 +18,6 @@ from .._files import atomic_write_json
 from . import checkpoints as ckpt
 from . import distributed, trainer
 from .bi_encoder import BiEncoder, POOLING_MODES, embed_ids_shared, read_pooling, write_pooling
-from .data.readers import DataError
 from .models import TASK_FILE, TOKENIZER_FILES, check_model_dir
 from .rank_data import DocTable, read_corpus, read_rank_file
 from .retrieval_metrics import ranking_metrics, top_k
@@ -64,20 +63,20 @@ def as_rank_config(cfg, extra):
 
 def finetune_rank(cfg: RankConfig):
     """Train; returns {"output", "eval", "initial_eval", "best", "steps", "seconds", "tokens"}."""
-    ctx = distributed.init(cfg.device)
-    try:
-        log = Log(ctx, cfg.quiet)
-        if cfg.resume:
-            cfg = _resumed_config(cfg)
-        _check_settings(cfg, ctx.device)
-        tok = _tokenizer(cfg.model)
-        train_set = read_rank_file(cfg.train, cfg.query_column, cfg.positive_column, cfg.negatives_column)
-        if cfg.max_train_examples:
-            train_set = train_set[:cfg.max_train_examples]
-        eval_set = _eval_inputs(cfg.eval, cfg.corpus, cfg) if cfg.eval else None
-        return trainer.in_output(cfg, ctx, lambda: _run(cfg, ctx, log, tok, train_set, eval_set))
-    finally:
-        distributed.shutdown(ctx)
+    return trainer.in_process_group(cfg, _finetune_rank)
+
+
+def _finetune_rank(cfg, ctx):
+    log = Log(ctx, cfg.quiet)
+    if cfg.resume:
+        cfg = trainer.resumed_config(cfg, keep={"output", "resume", "device", "progress", "quiet", "overwrite"})
+    _check_settings(cfg, ctx.device)
+    tok = _tokenizer(cfg.model)
+    train_set = read_rank_file(cfg.train, cfg.query_column, cfg.positive_column, cfg.negatives_column)
+    if cfg.max_train_examples:
+        train_set = train_set[:cfg.max_train_examples]
+    eval_set = _eval_inputs(cfg.eval, cfg.corpus, cfg) if cfg.eval else None
+    return trainer.in_output(cfg, ctx, lambda: _run(cfg, ctx, log, tok, train_set, eval_set))
 
 
 def _check_settings(cfg, device):
@@ -91,19 +90,6 @@ def _check_settings(cfg, device):
         raise FinetuneError(f"--pooling {cfg.pooling}: choose one of {', '.join(POOLING_MODES)}")
     if not cfg.scale > 0:
         raise FinetuneError(f"--scale must be positive, got {cfg.scale}")
-
-
-def _resumed_config(cfg):
-    path = os.path.join(cfg.output, trainer.RUN_ARGS)
-    if not os.path.exists(path):
-        raise FinetuneError(f"--resume: nothing to resume in {cfg.output} (no {trainer.RUN_ARGS})")
-    with open(path) as f:
-        saved = json.load(f)
-    fields = {f.name for f in dataclasses.fields(RankConfig)}
-    keep = {"output", "resume", "device", "progress", "quiet", "overwrite"}
-    merged = dataclasses.replace(cfg, **{k: v for k, v in saved.items() if k in fields and k not in keep})
-    merged.keep_checkpoints = saved.get("keep_checkpoints", False) or cfg.keep_checkpoints
-    return merged
 
 
 def _tokenizer(model_dir):
@@ -299,7 +285,7 @@ def _run(cfg, ctx, log, tok, train_set, eval_set):
     job.state, job.model, job.log = state, run.model, log
     log(trainer._describe(run) + f", scale {cfg.scale:g}" + (", symmetric" if cfg.symmetric else "")
         + (f", {cfg.mine_negatives} mined negatives per query" if cfg.mine_negatives else ""))
-    initial = _initial_eval(run, state, log) if eval_set is not None else None
+    initial = trainer.initial_eval(run, state, log) if eval_set is not None else None
     seconds = trainer.train_loop(run, data, state, pointer, log)
     result = {"output": cfg.output, "eval": state["last_eval"], "best": state["best"], "initial_eval": initial,
               "steps": state["global_step"], "seconds": seconds, "tokens": state["tokens"]}
@@ -310,23 +296,6 @@ def _run(cfg, ctx, log, tok, train_set, eval_set):
     log(f"model saved to {os.path.abspath(cfg.output)}" + (f" (best checkpoint: step {state['best_step']}, "
                                                             f"{MAIN_METRIC} {best[MAIN_METRIC]:.4f})" if best else ""))
     return result
-
-
-def _initial_eval(run, state, log):
-    """The eval metrics before training, step 0 of eval_log.jsonl (a resumed run reads them back)."""
-    path = os.path.join(run.cfg.output, trainer.EVAL_LOG)
-    if state["global_step"] == 0:
-        metrics = run.job.evaluate(run)
-        if run.ctx.is_main:
-            trainer._append_jsonl(path, {"step": 0, "epoch": 0.0, **metrics})
-    else:
-        with open(path) as f:
-            records = [json.loads(line) for line in f if line.strip()]
-        metrics = next(({k: v for k, v in r.items() if k not in ("step", "epoch")} for r in records
-                        if r["step"] == 0), None)
-    if metrics:
-        log("before training: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-    return metrics
 
 
 # ---- bertfast evaluate --task rank ----

@@ -110,9 +110,33 @@ def _maybe_die(point):
 
 def finetune(cfg: FinetuneConfig):
     """Train; returns {"output", "eval" (last metrics), "best" (metrics), "steps", "seconds"}."""
+    return in_process_group(cfg, _finetune)
+
+
+def initial_eval(run, state, log):
+    """The held-out metrics of the untrained model (for jobs with a Run.job), logged as step 0 of
+    eval_log.jsonl; a resumed run reads them back from there."""
+    path = os.path.join(run.cfg.output, EVAL_LOG)
+    if state["global_step"] == 0:
+        metrics = run.job.evaluate(run)
+        if run.ctx.is_main:
+            _append_jsonl(path, {"step": 0, "epoch": 0.0, **metrics})
+    else:
+        with open(path) if os.path.exists(path) else contextlib.nullcontext([]) as f:
+            records = [json.loads(line) for line in f if line.strip()]
+        metrics = next(({k: v for k, v in r.items() if k not in ("step", "epoch")} for r in records
+                        if r["step"] == 0), None)
+    if metrics:
+        log("held-out before training: " + ", ".join(
+            f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
+    return metrics
+
+
+def in_process_group(cfg, job):
+    """job(cfg, ctx) inside the process group of this run (torchrun's, or a single process)."""
     ctx = distributed.init(cfg.device)
     try:
-        return _finetune(cfg, ctx)
+        return job(cfg, ctx)
     finally:
         distributed.shutdown(ctx)
 
@@ -234,12 +258,27 @@ def _rank0_check(ctx, fn):
     return result
 
 
-def _resumed_config(cfg):
-    path = os.path.join(cfg.output, RUN_ARGS)
+def saved_run_args(output):
+    """The arguments a run in `output` was started with (its RUN_ARGS file)."""
+    path = os.path.join(output, RUN_ARGS)
     if not os.path.exists(path):
-        raise FinetuneError(f"--resume: nothing to resume in {cfg.output} (no {RUN_ARGS})")
+        raise FinetuneError(f"--resume: nothing to resume in {output} (no {RUN_ARGS})")
     with open(path) as f:
-        saved = json.load(f)
+        return json.load(f)
+
+
+def resumed_config(cfg, keep):
+    """cfg with every field the saved run had, except those in `keep` (given now: where the
+    output is, the device, the progress bar, ...); --keep-checkpoints given now still counts."""
+    saved = saved_run_args(cfg.output)
+    fields = {f.name for f in dataclasses.fields(cfg)}
+    merged = dataclasses.replace(cfg, **{k: v for k, v in saved.items() if k in fields and k not in keep})
+    merged.keep_checkpoints = saved.get("keep_checkpoints", False) or cfg.keep_checkpoints
+    return merged
+
+
+def _resumed_config(cfg):
+    saved = saved_run_args(cfg.output)
     merged = dataclasses.replace(cfg, **{k: v for k, v in saved.items() if k in DETERMINING and k != "world_size"})
     merged.eval = saved.get("eval", cfg.eval) if cfg.eval is None else cfg.eval
     merged.eval_every = saved.get("eval_every", cfg.eval_every)

@@ -2,10 +2,8 @@
 the fine-tuning trainer's steps (schedule, AdamW, accumulation, autocast, DDP, checkpoints and
 exact resume, evaluation every N steps); this module supplies the data, the model and the
 held-out metrics through the trainer's `Run.job` hook (the Job class below)."""
-import contextlib
 import dataclasses
 import functools
-import json
 import math
 import os
 import shutil
@@ -77,17 +75,13 @@ class PretrainConfig:
 
 def pretrain(cfg: PretrainConfig):
     """Train; returns {"output", "eval", "initial_eval", "best", "steps", "seconds", "tokens"}."""
-    ctx = distributed.init(cfg.device)
-    try:
-        return _pretrain(cfg, ctx)
-    finally:
-        distributed.shutdown(ctx)
+    return trainer.in_process_group(cfg, _pretrain)
 
 
 def _pretrain(cfg, ctx):
     log = Log(ctx, cfg.quiet)
     if cfg.resume:
-        cfg = _resumed_config(cfg)
+        cfg = trainer.resumed_config(cfg, keep={"output", "resume", "device", "progress", "quiet"})
     _check_settings(cfg, ctx.device)
     tok, model_config = _read_inputs(cfg)
     return trainer.in_output(cfg, ctx, lambda: _run(cfg, ctx, log, tok, model_config))
@@ -105,19 +99,6 @@ def _check_settings(cfg, device):
         raise FinetuneError(f"--mask-prob must be between 0 and 1, got {cfg.mask_prob}")
     if cfg.max_length < (5 if cfg.nsp else 3):
         raise FinetuneError(f"--max-length {cfg.max_length} leaves no room for text between the special tokens")
-
-
-def _resumed_config(cfg):
-    path = os.path.join(cfg.output, trainer.RUN_ARGS)
-    if not os.path.exists(path):
-        raise FinetuneError(f"--resume: nothing to resume in {cfg.output} (no {trainer.RUN_ARGS})")
-    with open(path) as f:
-        saved = json.load(f)
-    fields = {f.name for f in dataclasses.fields(PretrainConfig)}
-    keep = {"output", "resume", "device", "progress", "quiet"}
-    merged = dataclasses.replace(cfg, **{k: v for k, v in saved.items() if k in fields and k not in keep})
-    merged.keep_checkpoints = saved.get("keep_checkpoints", False) or cfg.keep_checkpoints
-    return merged
 
 
 # ---- inputs: tokenizer and model config, checked before anything is written ----
@@ -216,7 +197,7 @@ def _run(cfg, ctx, log, tok, model_config):
     state, pointer = trainer._restore(run, log, run_args)
     log(trainer._describe(run) + f", masking {cfg.mask_prob:g}" + (" whole words" if cfg.whole_word else "")
         + (", with next-sentence prediction" if cfg.nsp else ""))
-    initial = _initial_eval(run, state, log) if eval_examples is not None else None
+    initial = trainer.initial_eval(run, state, log) if eval_examples is not None else None
     seconds = trainer.train_loop(run, data, state, pointer, log)
     result = {"output": cfg.output, "eval": state["last_eval"], "best": state["best"], "initial_eval": initial,
               "steps": state["global_step"], "seconds": seconds, "tokens": state["tokens"]}
@@ -224,28 +205,6 @@ def _run(cfg, ctx, log, tok, model_config):
         _write_eval_results(cfg.output, result)
     log(f"model saved to {os.path.abspath(cfg.output)}")
     return result
-
-
-def _initial_eval(run, state, log):
-    """The held-out metrics of the untrained model, logged as step 0 of eval_log.jsonl (a resumed
-    run reads them back)."""
-    path = os.path.join(run.cfg.output, trainer.EVAL_LOG)
-    if state["global_step"] == 0:
-        metrics = run.job.evaluate(run)
-        if run.ctx.is_main:
-            trainer._append_jsonl(path, {"step": 0, "epoch": 0.0, **metrics})
-    else:
-        with open(path) if os.path.exists(path) else contextlib.nullcontext([]) as f:
-            records = [json.loads(line) for line in f if line.strip()]
-        metrics = next(({k: v for k, v in r.items() if k not in ("step", "epoch")} for r in records
-                        if r["step"] == 0), None)
-    if metrics:
-        log("held-out before training: " + _shown(metrics))
-    return metrics
-
-
-def _shown(metrics):
-    return ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
 
 
 def _write_eval_results(output, result):
