@@ -157,8 +157,8 @@ def _is_main_process():
 
 
 def _fail(command, message):
-    if _is_main_process():
-        print(f"bertfast {command}: error: {message}", file=sys.stderr)
+    if _is_main_process():  # one line, whatever the message holds
+        print(f"bertfast {command}: error: " + " ".join(str(message).splitlines()), file=sys.stderr)
     return 1
 
 
@@ -207,11 +207,8 @@ def _run_predict(args):
 def _run_evaluate(args):
     from .finetune.predict import evaluate
     result = evaluate(args.model, args.data, args.task, args.device, args.precision, args.batch_size,
-                      args.max_length)
+                      args.max_length, args.output)
     print(json.dumps(result, indent=2))
-    if args.output:
-        from ._files import atomic_write_json
-        atomic_write_json(args.output, result)
     return 0
 
 
