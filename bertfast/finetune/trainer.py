@@ -434,8 +434,12 @@ def _restore(run, log, run_args):
         return _fresh_state(), {"latest": None, "best": None}
     pointer = ckpt.read_pointer(run.ckpt_dir)
     _check_same_run(cfg.output, run_args)
-    state, rng_states = ckpt.load_training_state(run.ckpt_dir, pointer["latest"], run.model, run.optimizer,
-                                                 run.scheduler, run.scaler, ctx.device)
+    try:
+        state, rng_states = ckpt.load_training_state(run.ckpt_dir, pointer["latest"], run.model, run.optimizer,
+                                                     run.scheduler, run.scaler, ctx.device)
+    except Exception as e:  # truncated or foreign files (safetensors, pickle, JSON, shapes): name the checkpoint
+        raise FinetuneError(f"--resume: the checkpoint {os.path.join(run.ckpt_dir, pointer['latest'])} cannot be "
+                            f"read ({type(e).__name__}: {e}); start the run again with --overwrite") from None
     ckpt.set_rng_state(rng_states[ctx.rank])
     log(f"resumed from {os.path.join(run.ckpt_dir, pointer['latest'])} "
         f"(step {state['global_step']} of {run.plan.total_steps})")

@@ -441,3 +441,19 @@ def test_labels_that_look_like_digits_train(tiny, tmp_path):
     code, err = cli_case(["finetune", "--task", "classify", "--model", tiny, "--train", path, "--output",
                           tmp_path / "out", "--device", "cpu", "--epochs", "0.01", "--no-progress"], tmp_path)
     assert code == 0, err
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "training_state.pt", "trainer_state.json"])
+def test_resume_from_a_corrupt_checkpoint(tiny, tmp_path, name):
+    data = data_file(tmp_path, "train.csv", CSV)
+    out = tmp_path / "run"
+    code, err = run_cli(["finetune", "--task", "classify", "--model", tiny, "--train", data, "--output", out,
+                         "--device", "cpu", "--epochs", "1", "--batch-size", "2", "--max-length", "16",
+                         "--keep-checkpoints", "--no-progress"])
+    assert code == 0, err
+    pointer = json.loads((out / "checkpoints" / "POINTER.json").read_text())
+    (out / "checkpoints" / "POINTER.json").write_text(json.dumps({"latest": pointer["latest"], "best": None}))
+    (out / "checkpoints" / pointer["latest"] / name).write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\"")
+    code, err = cli_case(["finetune", "--resume", "--output", out, "--no-progress"], tmp_path, must_fail=True,
+                         subprocess_=name == "model.safetensors")
+    assert pointer["latest"] in err and "--overwrite" in err, err
