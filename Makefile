@@ -43,8 +43,8 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q tests
 
-# The fuzz tests with many generated cases each (`make test` runs a fixed, fast subset).
-FUZZ_EXAMPLES ?= 2000
+# The fuzz tests (ops and CLI) with many generated cases each; `make test` runs their fixed, fast subset.
+FUZZ_EXAMPLES ?= 1000
 fuzz: setup
 	BERTFAST_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q tests -k fuzz -p no:cacheprovider
 

@@ -171,8 +171,8 @@ def _is_main_process():
 
 
 def _fail(command, message):
-    if _is_main_process():
-        print(f"bertfast {command}: error: {message}", file=sys.stderr)
+    if _is_main_process():  # one line, whatever the message holds
+        print(f"bertfast {command}: error: " + " ".join(str(message).splitlines()), file=sys.stderr)
     return 1
 
 
@@ -225,14 +225,17 @@ def _run_evaluate(args):
     from .finetune.predict import evaluate
     from .finetune.search_command import evaluate_rank_args, is_rank_model
     if args.task == "rank" or (args.task is None and is_rank_model(args.model)):
+        from .finetune.predict import check_output_file
+        if args.output:
+            check_output_file(args.output)
         result = evaluate_rank_args(args)
+        if args.output:
+            from ._files import atomic_write_json
+            atomic_write_json(args.output, result)
     else:
         result = evaluate(args.model, args.data, args.task, args.device, args.precision, args.batch_size,
-                          args.max_length)
+                          args.max_length, args.output)
     print(json.dumps(result, indent=2))
-    if args.output:
-        from ._files import atomic_write_json
-        atomic_write_json(args.output, result)
     return 0
 
 

@@ -4,7 +4,6 @@ the real tokens by default, [CLS], max, mean * sqrt(length)), L2-normalised; the
 softmax cross-entropy (bertfast's fused op) of the scaled cosine scores of each query against
 every document of the batch: its positive, the other queries' positives (in-batch negatives)
 and all hard negatives; under DDP the documents of every process are candidates."""
-import json
 import os
 from types import SimpleNamespace
 
@@ -12,6 +11,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from .._files import read_json
 from .._precision import autocast
 from ..ops import softmax_cross_entropy
 
@@ -24,8 +24,7 @@ def read_pooling(model_dir):
     path = os.path.join(model_dir, POOLING_DIR, "config.json")
     if not os.path.exists(path):
         return ["mean"]
-    with open(path) as f:
-        config = json.load(f)
+    config = read_json(path, "fix it or remove the folder (mean pooling is then used)")
     modes = [m for m in POOLING_MODES if config.get(f"pooling_mode_{m}_token" if m == "cls" else
                                                      f"pooling_mode_{m}_tokens")]
     others = [k for k, v in config.items() if k.startswith("pooling_mode_") and v and

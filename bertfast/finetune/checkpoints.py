@@ -9,7 +9,6 @@ Layout under OUTPUT/checkpoints/:
 Every folder is written under a temporary name and renamed when complete; POINTER.json is
 replaced atomically last. A kill leaves at worst an unreferenced folder, which the next save
 removes: the pointer always names complete folders."""
-import json
 import os
 import random
 import shutil
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from .._files import atomic_write_json, fsync_dir, fsync_tree
+from .._files import atomic_write_json, fsync_dir, fsync_tree, read_json
 
 FOLDER = "checkpoints"  # under the run's output folder
 POINTER = "POINTER.json"
@@ -69,8 +68,14 @@ def read_pointer(checkpoints_dir):
     path = os.path.join(checkpoints_dir, POINTER)
     if not os.path.exists(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    pointer = read_json(path, 'it names the checkpoint to resume from: write {"latest": "step-N", "best": null} '
+                        f"naming a step-N folder of {checkpoints_dir}, or start the run again with --overwrite")
+    for key in ("latest", "best"):
+        name = pointer.get(key)
+        if name is not None and (not isinstance(name, str) or not os.path.isdir(os.path.join(checkpoints_dir, name))):
+            raise ValueError(f"{path} is corrupt: its {key!r} names no checkpoint folder ({name!r}); "
+                             "start the run again with --overwrite")
+    return pointer
 
 
 def write_pointer(checkpoints_dir, pointer):
@@ -119,6 +124,5 @@ def load_training_state(checkpoints_dir, name, model, optimizer, scheduler, scal
     scheduler.load_state_dict(state["scheduler"])
     if scaler is not None and state["scaler"] is not None:
         scaler.load_state_dict(state["scaler"])
-    with open(os.path.join(folder, "trainer_state.json")) as f:
-        trainer_state = json.load(f)
+    trainer_state = read_json(os.path.join(folder, "trainer_state.json"), "start the run again with --overwrite")
     return trainer_state, state["rng"]

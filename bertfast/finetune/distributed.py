@@ -32,15 +32,21 @@ def resolve_device(requested, local_rank=0):
     """'auto' -> the local GPU when there is one, else the CPU; 'cuda' -> the local rank's GPU."""
     if requested in (None, "auto"):
         requested = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(requested)
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, TypeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda") or (device.type == "cpu" and device.index):
+        raise ValueError(f"--device {requested}: choose auto, cpu, cuda or cuda:N")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"--device {requested}: no CUDA GPU is available here; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {requested}: there are {torch.cuda.device_count()} GPUs here (cuda:0 to "
+                             f"cuda:{torch.cuda.device_count() - 1})")
         if device.index is None:
             device = torch.device("cuda", local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
-    elif device.type != "cpu":
-        raise ValueError(f"--device {requested}: only cpu, cuda and cuda:N are supported")
     return device
 
 

@@ -149,10 +149,11 @@ def rerank(model_dir, query, hits, texts, device, precision="fp32"):
     from . import evaluation
     from .data import TextExample
     from .distributed import resolve_device
-    from .predict import _load
+    from .predict import _load, _task_info
     from .tokenization import encode_examples
     device = resolve_device(device)
-    info, task, tok, model, labels, max_length = _load(model_dir, None, device, None)
+    info, task = _task_info(model_dir, None)
+    tok, model, labels, max_length = _load(model_dir, info, task, device, None)
     if task not in ("pair", "regress"):
         raise DataError(f"--rerank {model_dir}: a cross-encoder made by --task pair or regress, not {task}")
     examples = [TextExample(i, query, texts[row], None) for i, (row, _) in enumerate(hits)]

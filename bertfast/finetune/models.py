@@ -1,13 +1,12 @@
 """The one place the trainer, `bertfast predict` and `bertfast evaluate` get their models from:
 bertfast's own BERT classes, always from a local folder (a Hugging Face checkpoint or one made
 by `bertfast finetune`)."""
-import json
 import logging
 import os
 import shutil
 import warnings
 
-from .._files import atomic_write_json
+from .._files import atomic_write_json, read_json
 
 MODEL_CLASS = {
     "classify": "BertForSequenceClassification",
@@ -34,6 +33,15 @@ def check_model_dir(model_dir):
     if not any(os.path.exists(os.path.join(model_dir, f)) for f in
                ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")):
         raise FileNotFoundError(f"{model_dir} has no weights (model.safetensors or pytorch_model.bin)")
+
+
+def check_max_length(model_dir, max_length):
+    """--max-length must fit the model's position table (512 tokens for BERT, 514 - 2 for RoBERTa)."""
+    from ..model import families
+    from ..model.config import BertConfig
+    longest = families.max_length(BertConfig.from_pretrained(model_dir))
+    if max_length > longest:
+        raise ValueError(f"--max-length {max_length} is longer than the {longest} positions of the model")
 
 
 def load_model(task, model_dir, labels=None):
@@ -84,5 +92,4 @@ def read_task_info(model_dir):
     if not os.path.exists(path):
         raise FileNotFoundError(f"{model_dir} has no {TASK_FILE}: it was not fine-tuned by `bertfast finetune` "
                                 "(give --task to say what it does)")
-    with open(path) as f:
-        return json.load(f)
+    return read_json(path, "write it again (its fields: task, labels, max_length, ...) or give --task")

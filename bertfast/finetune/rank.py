@@ -4,7 +4,6 @@ trained with in-batch, given and mined hard negatives on the fine-tuning trainer
 evaluation kept) through its `Run.job` hook: this module supplies the data, the model, the
 batches and the retrieval metrics (MRR@10, Recall@1/10/100, nDCG@10)."""
 import dataclasses
-import json
 import logging
 import os
 import shutil
@@ -14,7 +13,7 @@ from typing import Optional
 
 import torch
 
-from .._files import atomic_write_json
+from .._files import atomic_write_json, read_json
 from . import checkpoints as ckpt
 from . import distributed, trainer
 from .bi_encoder import BiEncoder, POOLING_MODES, embed_ids_shared, read_pooling, write_pooling
@@ -49,10 +48,9 @@ def is_rank_run(cfg):
     """--task rank, or --resume of a run that was one."""
     if cfg.task == "rank":
         return True
-    path = os.path.join(cfg.output or "", trainer.RUN_ARGS)
-    if cfg.resume and os.path.exists(path):
-        with open(path) as f:
-            return json.load(f).get("task") == "rank"
+    if cfg.resume and os.path.exists(os.path.join(cfg.output or "", trainer.RUN_ARGS)):
+        saved = trainer.saved_run_args(cfg.output)  # a corrupt file is named, with what to do
+        return isinstance(saved, dict) and saved.get("task") == "rank"
     return False
 
 
@@ -305,10 +303,9 @@ def model_settings(model_dir, max_length=None):
     (bertfast_task.json), else a sentence-transformers folder (sentence_bert_config.json)."""
     info = {}
     if os.path.exists(os.path.join(model_dir, TASK_FILE)):
-        with open(os.path.join(model_dir, TASK_FILE)) as f:
-            info = json.load(f)
+        info = read_json(os.path.join(model_dir, TASK_FILE), "write it again or give --task")
     st = os.path.join(model_dir, "sentence_bert_config.json")
-    st_length = json.load(open(st)).get("max_seq_length") if os.path.exists(st) else None
+    st_length = (read_json(st, "fix or remove it").get("max_seq_length") if os.path.exists(st) else None)
     doc_length = max_length or info.get("max_length") or st_length or 512
     return info, doc_length, max_length or info.get("query_max_length") or doc_length
 

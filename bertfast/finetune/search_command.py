@@ -59,13 +59,11 @@ def finetune_rank_args(cfg, args):
 
 
 def is_rank_model(model_dir):
-    from .models import TASK_FILE
-    path = os.path.join(model_dir, TASK_FILE)
-    if not os.path.exists(path):
+    from .models import TASK_FILE, read_task_info
+    if not os.path.exists(os.path.join(model_dir, TASK_FILE)):
         return False
-    import json
-    with open(path) as f:
-        return json.load(f).get("task") == "rank"
+    info = read_task_info(model_dir)  # a corrupt file is named, with what to do
+    return isinstance(info, dict) and info.get("task") == "rank"
 
 
 def evaluate_rank_args(args):

@@ -23,13 +23,13 @@ import numpy as np
 import torch
 
 from .. import _precision
-from .._files import atomic_write_json, atomic_write_text, empty_folder, fsync_dir, fsync_tree
+from .._files import atomic_write_json, atomic_write_text, empty_folder, fsync_dir, fsync_tree, read_json
 from . import checkpoints as ckpt
 from . import distributed, evaluation, metrics
 from .data import Columns, DataError, describe_unseen, label_list, load_examples, unseen_labels
 from .data.batching import collate, epoch_batches, loss_items, shard
 from .tokenization import IGNORE_INDEX, BertTokenizer, encode_examples
-from .models import check_model_dir, load_model, save_model_files
+from .models import check_max_length, check_model_dir, load_model, save_model_files
 
 EVAL_LOG = "eval_log.jsonl"
 TRAIN_LOG = "train_log.txt"
@@ -38,6 +38,23 @@ RUN_ARGS = "train_args.json"
 DETERMINING = ("task", "model", "train", "text_column", "text_pair_column", "label_column", "max_length",
                "doc_stride", "epochs", "batch_size", "lr", "warmup_ratio", "weight_decay",
                "gradient_accumulation", "max_grad_norm", "precision", "seed", "world_size")
+# The range of every numeric setting, checked before anything is read: (test, what the option must be).
+SETTING_RANGES = {
+    "max_length": (lambda v: v >= 4, "at least 4"),
+    "doc_stride": (lambda v: v >= 0, "at least 0"),
+    "max_train_examples": (lambda v: v >= 0, "at least 0 (0: all)"),
+    "epochs": (lambda v: 0 < v <= 1e6, "more than 0 and at most 1e6"),
+    "batch_size": (lambda v: v >= 1, "at least 1"),
+    "gradient_accumulation": (lambda v: v >= 1, "at least 1"),
+    "lr": (lambda v: v > 0, "more than 0"),
+    "warmup_ratio": (lambda v: 0 <= v <= 1, "between 0 and 1"),
+    "weight_decay": (lambda v: v >= 0, "at least 0"),
+    "max_grad_norm": (lambda v: v >= 0, "at least 0 (0: no clipping)"),
+    "seed": (lambda v: 0 <= v < 2 ** 32, "between 0 and 2**32 - 1"),
+    "eval_every": (lambda v: v >= 0, "at least 0 (0: at each epoch end)"),
+    "save_every": (lambda v: v >= 0, "at least 0 (0: at each evaluation and epoch end)"),
+}
+RUN_ARGS_ADVICE = "start the run again with --overwrite (or restore the file from a backup)"
 
 
 class FinetuneError(RuntimeError):
@@ -166,15 +183,21 @@ def in_output(cfg, ctx, train):
 
 
 def _check_settings(cfg, device):
+    """Every setting in its range (finite, of its type) and the precision possible on the device."""
     try:
         _precision.check(device, cfg.precision)
     except ValueError as e:
         raise FinetuneError(str(e)) from None
-    for name in ("batch_size", "gradient_accumulation", "max_length"):
-        if getattr(cfg, name) < 1:
-            raise FinetuneError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
-    if cfg.epochs <= 0:
-        raise FinetuneError(f"--epochs must be positive, got {cfg.epochs}")
+    types = {f.name: f.type for f in dataclasses.fields(FinetuneConfig)}
+    for name, (ok, wanted) in SETTING_RANGES.items():
+        if not hasattr(cfg, name):  # the settings of another job (pretrain has no --doc-stride)
+            continue
+        value, flag = getattr(cfg, name), "--" + name.replace("_", "-")
+        kinds = (int,) if types[name] is int else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            raise FinetuneError(f"{flag} must be {'an integer' if kinds == (int,) else 'a number'}, got {value!r}")
+        if not math.isfinite(value) or not ok(value):
+            raise FinetuneError(f"{flag} must be {wanted}, got {value}")
 
 
 def _read_inputs(cfg):
@@ -183,7 +206,8 @@ def _read_inputs(cfg):
     try:
         check_model_dir(cfg.model)
         tok = BertTokenizer(cfg.model)
-    except Exception as e:  # missing folder, no tokenizer, no weights, no special tokens
+        check_max_length(cfg.model, cfg.max_length)
+    except Exception as e:  # missing folder, no tokenizer, no weights, no special tokens, --max-length too long
         raise FinetuneError(f"--model {cfg.model}: {e}") from None
     columns = Columns(cfg.text_column, cfg.text_pair_column, cfg.label_column)
     train_examples = load_examples(cfg.task, cfg.train, columns)
@@ -250,7 +274,7 @@ def _rank0_check(ctx, fn):
     if ctx.is_main:
         try:
             result = fn()
-        except (FinetuneError, OSError) as e:
+        except (FinetuneError, OSError, ValueError) as e:
             error = str(e)
     error = distributed.broadcast_object(ctx, error)
     if error is not None:
@@ -263,8 +287,7 @@ def saved_run_args(output):
     path = os.path.join(output, RUN_ARGS)
     if not os.path.exists(path):
         raise FinetuneError(f"--resume: nothing to resume in {output} (no {RUN_ARGS})")
-    with open(path) as f:
-        return json.load(f)
+    return read_json(path, RUN_ARGS_ADVICE)
 
 
 def resumed_config(cfg, keep):
@@ -482,8 +505,12 @@ def _restore(run, log, run_args):
         return _fresh_state(), {"latest": None, "best": None}
     pointer = ckpt.read_pointer(run.ckpt_dir)
     _check_same_run(cfg.output, run_args, run.job.determining if run.job else DETERMINING)
-    state, rng_states = ckpt.load_training_state(run.ckpt_dir, pointer["latest"], run.model, run.optimizer,
-                                                 run.scheduler, run.scaler, ctx.device)
+    try:
+        state, rng_states = ckpt.load_training_state(run.ckpt_dir, pointer["latest"], run.model, run.optimizer,
+                                                     run.scheduler, run.scaler, ctx.device)
+    except Exception as e:  # truncated or foreign files (safetensors, pickle, JSON, shapes): name the checkpoint
+        raise FinetuneError(f"--resume: the checkpoint {os.path.join(run.ckpt_dir, pointer['latest'])} cannot be "
+                            f"read ({type(e).__name__}: {e}); start the run again with --overwrite") from None
     ckpt.set_rng_state(rng_states[ctx.rank])
     log(f"resumed from {os.path.join(run.ckpt_dir, pointer['latest'])} "
         f"(step {state['global_step']} of {run.plan.total_steps})")
@@ -494,8 +521,7 @@ def _restore(run, log, run_args):
 
 def _check_same_run(out_dir, run_args, determining=DETERMINING):
     """A resumed run must have the determining arguments of the run it continues."""
-    with open(os.path.join(out_dir, RUN_ARGS)) as f:
-        saved = json.load(f)
+    saved = read_json(os.path.join(out_dir, RUN_ARGS), RUN_ARGS_ADVICE)
     changed = [k for k in determining if saved.get(k) != run_args.get(k)]
     if changed:
         raise FinetuneError(f"--resume: the run in {out_dir} used other settings for {', '.join(changed)} "
@@ -587,8 +613,10 @@ def _step(run, data, group, epoch=0):
         micro_loss, micro_tokens = _micro_batch(run, data, global_batch, n_items, j == len(group) - 1, epoch)
         loss_sum += micro_loss
         tokens += micro_tokens
-    _update(run)
     loss_sum, tokens = distributed.sum_floats(run.ctx, [loss_sum, tokens], run.ctx.device)
+    if not math.isfinite(loss_sum):  # the same sum on every rank: all stop together
+        _stop_non_finite(run, f"the training loss became {loss_sum}", run.scheduler.last_epoch + 1)
+    _update(run)
     return loss_sum, int(tokens), n_items
 
 
@@ -615,7 +643,9 @@ def _update(run):
     if scaler is not None:
         scaler.unscale_(optimizer)
     if run.cfg.max_grad_norm > 0:
-        torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.max_grad_norm)
+        norm = float(torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.max_grad_norm))
+        if scaler is None and not math.isfinite(norm):  # (fp16: the scaler skips such a step itself)
+            _stop_non_finite(run, f"the gradient norm became {norm}", run.scheduler.last_epoch + 1)
     if scaler is not None:
         scaler.step(optimizer)
         scaler.update()
@@ -623,6 +653,23 @@ def _update(run):
         optimizer.step()
     run.scheduler.step()
     optimizer.zero_grad(set_to_none=True)
+
+
+def _stop_non_finite(run, what, step):
+    """Stop a run whose loss, gradients or weights stopped being finite, before the update or the
+    save that would spread them: the last good checkpoint stays, no NaN model is written."""
+    pointer = ckpt.read_pointer(run.ckpt_dir) if run.ctx.is_main and ckpt.has_checkpoint(run.cfg.output) else None
+    kept = (f"the last good checkpoint, {os.path.join(run.ckpt_dir, pointer['latest'])}, is kept"
+            if pointer and pointer.get("latest") else "no checkpoint had been saved yet")
+    raise FinetuneError(f"{what} at step {step}; training stopped ({kept}). Lower --lr, keep --max-grad-norm "
+                        "on, check the labels, or use another --precision, then start again with --overwrite")
+
+
+def _check_finite_weights(run, step):
+    """Every rank checks its (identical) weights before a save."""
+    bad = [name for name, p in run.model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        _stop_non_finite(run, f"{len(bad)} weight tensors became non-finite (first: {bad[0]})", step)
 
 
 def _advance(state, loss_sum, tokens, n_items, steps_in_epoch):
@@ -672,6 +719,7 @@ def _evaluate(run, data, state, progress):
 def _checkpoint(run, state, pointer, eval_metrics):
     """Save at an optimizer-step boundary (all ranks take part; rank 0 writes): the model folder
     when `eval_metrics` is the best so far, the training state, then the pointer."""
+    _check_finite_weights(run, state["global_step"])
     rngs = distributed.all_gather_objects(run.ctx, ckpt.rng_state())
     if not run.ctx.is_main:
         return
@@ -717,8 +765,15 @@ def _truncate_eval_log(path, step):
     """On resume, forget evaluations made after the checkpoint: they will be made again."""
     if not os.path.exists(path):
         return
-    with open(path) as f:
-        kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+    kept = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                record = json.loads(line) if line.strip() else None
+            except ValueError:
+                record = line = None  # a line cut by a kill (or edited): dropped, the evaluations are remade
+            if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+                kept.append(line)
     atomic_write_text(path, "".join(kept))
 
 

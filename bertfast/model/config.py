@@ -138,8 +138,10 @@ class BertConfig:
         try:
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"BertConfig: {path} is not valid JSON ({e})") from e
+        except (ValueError, RecursionError) as e:  # not UTF-8, not JSON, nested too deep
+            raise ValueError(f"BertConfig: {path} is not valid JSON ({e})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"BertConfig: {path} holds a JSON {type(data).__name__}, not an object")
         return cls.from_dict(data, **overrides)
 
     @classmethod

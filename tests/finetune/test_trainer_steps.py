@@ -112,6 +112,9 @@ def test_output_folder_rules(tmp_path):
     with pytest.raises(FinetuneError, match="already finished"):
         trainer._prepare_output(cfg(output=str(out), resume=True))
     (out / "checkpoints" / POINTER).write_text(json.dumps({"latest": "step-00000002", "best": None}))
+    with pytest.raises(ValueError, match="corrupt: its 'latest' names no checkpoint folder"):
+        trainer._prepare_output(cfg(output=str(out), resume=True))
+    (out / "checkpoints" / "step-00000002").mkdir()
     assert trainer._prepare_output(cfg(output=str(out), resume=True)) is False
 
 

@@ -1,5 +1,7 @@
 """From data files to task examples: which columns hold the texts and labels, the label set
 taken from the training file, and the checks that eval data fits it."""
+import math
+import re
 from dataclasses import dataclass
 from typing import List, Optional
 
@@ -14,6 +16,9 @@ PAIR_COLUMNS = [("sentence1", "sentence2"), ("question", "sentence"), ("question
                 ("#1 String", "#2 String"), ("premise", "hypothesis"), ("text_a", "text_b"),
                 ("text", "text_pair"), ("question", "context")]
 LABEL_COLUMNS = ["label", "labels", "score", "gold_label", "Quality", "category", "target"]
+# Regression targets must stay finite in float32 once squared by the MSE loss.
+MAX_REGRESSION_LABEL = 1e15
+INTEGER = re.compile(r"-?[0-9]+")
 
 
 @dataclass
@@ -119,16 +124,26 @@ def _label_field(task, path, line, value, column, need_labels):
             raise DataError(f"{where(path, line)}: the label column {column!r} is empty")
         return None
     if task == "regress":
-        try:
-            score = float(value)
-        except (TypeError, ValueError):
-            raise DataError(f"{where(path, line)}: regression label {value!r} is not a number") from None
-        if score != score or score in (float("inf"), float("-inf")):
-            raise DataError(f"{where(path, line)}: regression label {value!r} is not finite")
-        return score
+        return _regression_label(path, line, value)
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise DataError(f"{where(path, line)}: label {value!r} must be a string or an integer")
     return str(value).strip()
+
+
+def _regression_label(path, line, value):
+    """A float of at most MAX_REGRESSION_LABEL in size: larger ones overflow the float32 loss."""
+    if isinstance(value, bool):
+        raise DataError(f"{where(path, line)}: regression label {value!r} is not a number")
+    try:
+        score = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise DataError(f"{where(path, line)}: regression label {str(value)[:40]!r} is not a number") from None
+    if not math.isfinite(score):
+        raise DataError(f"{where(path, line)}: regression label {str(value)[:40]!r} is not finite")
+    if abs(score) > MAX_REGRESSION_LABEL:
+        raise DataError(f"{where(path, line)}: regression label {score:g} is too large (at most "
+                        f"{MAX_REGRESSION_LABEL:g} in size; its squared error would overflow float32): rescale the scores")
+    return score
 
 
 def label_list(task, examples):
@@ -140,7 +155,7 @@ def label_list(task, examples):
         names = {t for ex in examples for t in ex.tags}
     else:
         names = {ex.label for ex in examples}
-    if all(n.lstrip("-").isdigit() for n in names):
+    if all(INTEGER.fullmatch(n) for n in names):
         return sorted(names, key=int)
     return sorted(names)
 
