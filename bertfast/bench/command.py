@@ -1,10 +1,12 @@
-"""`bertfast bench`: end-to-end throughput and memory of bertfast's BERT against transformers.
+"""`bertfast bench`: end-to-end throughput and memory of bertfast's model against transformers'.
 
-For each model size, sequence length, length distribution and mode (a training step with
-AdamW, or inference), every implementation runs the same batches with the same weights:
-bertfast's model, transformers' BERT with attn_implementation "eager" and "sdpa", and each of
-them under torch.compile when asked. They are timed interleaved in one run (median of --steps
-repetitions after warm-up, CUDA synchronised), so the ratios compare like with like.
+For each family (--family: bert, roberta, xlm-roberta, camembert, electra, distilbert), model
+size, sequence length, length distribution and mode (a training step with AdamW, or inference),
+every implementation runs the same batches with the same weights: bertfast's model,
+transformers' class for the family with attn_implementation "eager" and "sdpa", with --optimize
+transformers' model through bertfast.optimize, and each of them under torch.compile when asked.
+They are timed interleaved in one run (median of --steps repetitions after warm-up, CUDA
+synchronised), so the ratios compare like with like.
 
 Reported per row: milliseconds per repetition, real (non-padding) tokens/s, samples/s, peak
 memory (see bertfast/bench/memory.py for how it is measured on CPU and CUDA), achieved
@@ -18,6 +20,7 @@ padding collator does.
 
     bertfast bench                                  # sizes that suit the machine
     python -m bertfast.bench --model bert-base --seq-len 128 512 --json out.json --plot plots/
+    bertfast bench --family roberta --optimize      # RoBERTa at the same sizes, with the drop-in
 """
 import argparse
 import gc
@@ -39,6 +42,9 @@ def add_arguments(parser):
                         help="autocast precision (default: bf16 on CUDA, fp32 on CPU); weights and AdamW stay fp32")
     parser.add_argument("--model", nargs="+", choices=sorted(workloads.MODEL_SIZES), default=None,
                         help="model sizes (default: minilm-l6 bert-base bert-large on CUDA, minilm-l6 on CPU)")
+    parser.add_argument("--family", nargs="+", choices=workloads.FAMILIES, default=["bert"],
+                        help="model families: transformers' class for each and bertfast's model with its weights "
+                             "(default: bert)")
     parser.add_argument("--task", nargs="+", choices=workloads.TASKS, default=["classification"],
                         help="heads: BertForSequenceClassification and/or BertForMaskedLM (default: classification)")
     parser.add_argument("--seq-len", nargs="+", type=int, default=None,
@@ -110,6 +116,7 @@ def _batch_size(args, model_size, seq_len):
 class Workload:
     """What one measurement runs: the same batches through every implementation, in one mode."""
     model_size: str
+    family: str
     task: str
     seq_len: int
     lengths_kind: str    # "full" or "real"
@@ -118,7 +125,7 @@ class Workload:
 
     @property
     def label(self):
-        return f"{self.model_size}/{self.task}/{self.seq_len}/{self.lengths_kind}/{self.mode}"
+        return f"{self.family}/{self.model_size}/{self.task}/{self.seq_len}/{self.lengths_kind}/{self.mode}"
 
 
 def _workload_fn(impl, workload, args):
@@ -155,15 +162,16 @@ def _rows_for(workload, runnable, times, peaks, args, gemm_flops):
     tokens = sum(b.real_tokens for b in batches)
     samples = sum(len(b.lengths) for b in batches)
     padded = sum(b.padded_tokens for b in batches)
-    flops = sum(workloads.step_flops(size, b.lengths, w.task, w.mode) for b in batches)
+    vocab_size = workloads.FAMILY_CONFIGS[w.family]["vocab_size"]
+    flops = sum(workloads.step_flops(size, b.lengths, w.task, w.mode, vocab_size) for b in batches)
     lengths_label = "full" if w.lengths_kind == "full" else f"real:{workloads.real_distribution_for(w.seq_len)}"
     rows = []
     for name, (impl, _) in runnable.items():
         t = times[name]["median_s"]
         rows.append({
-            "model": w.model_size, "task": w.task, "seq_len": w.seq_len, "lengths": lengths_label,
-            "batch_size": len(batches[0].lengths), "batches": len(batches), "mode": w.mode, "impl": name,
-            "compiled": impl.compiled, "uses_bertfast": impl.uses_bertfast, "precision": args.precision,
+            "family": w.family, "model": w.model_size, "task": w.task, "seq_len": w.seq_len,
+            "lengths": lengths_label, "batch_size": len(batches[0].lengths), "batches": len(batches), "mode": w.mode,
+            "impl": name, "compiled": impl.compiled, "uses_bertfast": impl.uses_bertfast, "precision": args.precision,
             "ms": round(t * 1e3, 2),
             "ms_min": round(times[name]["min_s"] * 1e3, 2),
             "cpu_ms": None if args.device.startswith("cuda") else round(times[name]["cpu_median_s"] * 1e3, 2),
@@ -205,11 +213,24 @@ def run_benchmark(args, progress=None):
         if progress:
             progress(rows, notes, conditions)
     for task in args.task:
-        with_bertfast = _bertfast_wanted(args, task, notes)
         for model_size in args.model:
-            _bench_model(args, task, model_size, with_bertfast, generator, gemm_flops, notes, report)
-            _free_memory(args.device)
+            batch_source = _batch_source(args, generator)  # every family gets the same batches
+            for family in args.family:
+                _bench_model(args, task, model_size, family, batch_source, gemm_flops, notes, report)
+                _free_memory(args.device)
     return rows, notes, conditions
+
+
+def _batch_source(args, generator):
+    """make_batches, memoised: the families of one model size run the same batches."""
+    made = {}
+
+    def batches(task, batch_size, seq_len, lengths_kind):
+        key = (task, batch_size, seq_len, lengths_kind)
+        if key not in made:
+            made[key] = workloads.make_batches(task, batch_size, seq_len, lengths_kind, args.real_batches, generator)
+        return made[key]
+    return batches
 
 
 def _allow_recompiles(args):
@@ -231,28 +252,21 @@ def _conditions(args):
     return conditions, gemm_flops
 
 
-def _bertfast_wanted(args, task, notes):
-    reason = None if args.no_bertfast else implementations.bertfast_unavailable_reason(task)
-    if reason:
-        notes.append(reason)
-    return not args.no_bertfast and reason is None
-
-
-def _bench_model(args, task, model_size, with_bertfast, generator, gemm_flops, notes, report):
-    """Every workload (sequence length x lengths x mode) of one model size and task; the
+def _bench_model(args, task, model_size, family, batch_source, gemm_flops, notes, report):
+    """Every workload (sequence length x lengths x mode) of one family, model size and task; the
     implementations are built here and freed when this returns."""
     impls = implementations.make_implementations(
-        model_size, task, args.device, args.baselines, with_bertfast, args.compile_modes, args.precision, notes,
-        with_optimize=args.optimize and not args.no_bertfast)
+        model_size, task, args.device, args.baselines, not args.no_bertfast, args.compile_modes, args.precision,
+        with_optimize=args.optimize and not args.no_bertfast, family=family)
     if not impls:
         raise SystemExit("bertfast bench: nothing to time (no baselines and no bertfast model)")
     for seq_len in args.seq_len:
         batch_size = _batch_size(args, model_size, seq_len)
         for lengths_kind in args.lengths:
-            batches = [b.to(args.device) for b in workloads.make_batches(
-                task, batch_size, seq_len, lengths_kind, args.real_batches, generator)]
+            batches = [b.to(args.device) for b in workloads.for_family(
+                batch_source(task, batch_size, seq_len, lengths_kind), family)]
             for mode in args.mode:
-                workload = Workload(model_size, task, seq_len, lengths_kind, mode, batches)
+                workload = Workload(model_size, family, task, seq_len, lengths_kind, mode, batches)
                 print(f"timing {workload.label} (batch {batch_size})", flush=True)
                 report(_rows_for(workload, *_measure(impls, workload, args, notes), args, gemm_flops))
 
@@ -298,8 +312,8 @@ def _write(args, rows, notes, conditions):
 
 
 def _settings(args):
-    keys = ("device", "precision", "model", "task", "seq_len", "batch_size", "lengths", "real_batches", "mode",
-            "baselines", "no_bertfast", "optimize", "compile", "steps", "warmup")
+    keys = ("device", "precision", "family", "model", "task", "seq_len", "batch_size", "lengths", "real_batches",
+            "mode", "baselines", "no_bertfast", "optimize", "compile", "steps", "warmup")
     return {k: getattr(args, k) for k in keys}  # the command line is in the conditions
 
 

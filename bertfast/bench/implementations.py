@@ -1,14 +1,18 @@
-"""The implementations compared: transformers' BERT with attn_implementation "eager" and "sdpa",
-bertfast's model with the same weights, each optionally under torch.compile; and the step each
-one runs (a training step with AdamW, or inference)."""
+"""The implementations compared, for one family (bert, roberta, xlm-roberta, camembert, electra,
+distilbert): transformers' class for that family with attn_implementation "eager" and "sdpa",
+bertfast's model with the same weights, transformers' model through bertfast.optimize, each
+optionally under torch.compile; and the step each one runs (a training step with AdamW, or
+inference)."""
 from dataclasses import dataclass, field
 
 import torch
 
 from .._precision import autocast
-from .workloads import MODEL_SIZES, VOCAB_SIZE
+from . import workloads
 
-HF_CLASSES = {"classification": "BertForSequenceClassification", "mlm": "BertForMaskedLM"}
+# bertfast's classes (every family) and transformers' auto classes, which pick the family's own
+MODEL_CLASSES = {"classification": "BertForSequenceClassification", "mlm": "BertForMaskedLM"}
+HF_AUTO_CLASSES = {"classification": "AutoModelForSequenceClassification", "mlm": "AutoModelForMaskedLM"}
 BASELINES = ("eager", "sdpa")
 
 
@@ -27,56 +31,39 @@ class Implementation:
         return self.name.startswith("bertfast") or "+optimize" in self.name
 
 
-def hf_config(model_size, task):
+def hf_config(model_size, task, family="bert"):
     import transformers
-    return transformers.BertConfig(vocab_size=VOCAB_SIZE, num_labels=2, **MODEL_SIZES[model_size])
+    return transformers.AutoConfig.for_model(family, num_labels=2,
+                                             **workloads.family_config_fields(family, model_size))
 
 
 def build_hf(config, task, attn_implementation):
+    """transformers' class for the config's family and `task` (RobertaForMaskedLM, ...)."""
     import transformers
-    cls = getattr(transformers, HF_CLASSES[task])
-    return cls._from_config(config, attn_implementation=attn_implementation)
-
-
-def bertfast_unavailable_reason(task):
-    """None when bertfast's model for `task` exists in this checkout, else why it is skipped."""
-    try:
-        import bertfast
-    except ImportError as e:
-        return f"bertfast does not import: {e}"
-    missing = [name for name in ("BertConfig", HF_CLASSES[task]) if not hasattr(bertfast, name)]
-    if missing:
-        return f"bertfast has no {', '.join(missing)} yet (model code not merged): bertfast rows skipped"
-    return None
+    return getattr(transformers, HF_AUTO_CLASSES[task]).from_config(config, attn_implementation=attn_implementation)
 
 
 def build_bertfast(hf_model, task):
-    """bertfast's model for `task` with the configuration and weights of `hf_model`."""
+    """bertfast's model for `task` with the configuration and weights of `hf_model`, of any family:
+    the checkpoint mapping renames transformers' keys and checks that every encoder weight came."""
     import bertfast
+    from bertfast.model.hf_checkpoint import load_state_into
     config_dict = hf_model.config.to_dict()
     for key in ("_attn_implementation", "_attn_implementation_autoset", "attn_implementation", "torch_dtype",
                 "dtype", "transformers_version"):
         config_dict.pop(key, None)
-    config = bertfast.BertConfig.from_dict(config_dict)
-    model = getattr(bertfast, HF_CLASSES[task])(config)
-    state = {k: v.detach().clone() for k, v in hf_model.state_dict().items()}
-    try:  # the checkpoint loader maps transformers' names (fused QKV etc.) and checks coverage
-        from bertfast.model.hf_checkpoint import load_state_into
-    except ImportError:
-        result = model.load_state_dict(state, strict=False)
-        if result.missing_keys:
-            raise RuntimeError(f"bertfast model did not take transformers' weights; missing {result.missing_keys[:10]}")
-    else:
-        load_state_into(model, state, source="transformers model")
+    model = getattr(bertfast, MODEL_CLASSES[task])(bertfast.BertConfig.from_dict(config_dict))
+    load_state_into(model, {k: v.detach().clone() for k, v in hf_model.state_dict().items()},
+                    source="transformers model")
     return model
 
 
-def make_implementations(model_size, task, device, baselines, with_bertfast, compile_modes, precision, notes,
-                         with_optimize=False):
+def make_implementations(model_size, task, device, baselines, with_bertfast, compile_modes, precision,
+                         with_optimize=False, family="bert"):
     """Implementations sharing one set of random weights. A compiled variant shares the module
     and optimizer of its eager twin (the same parameters, so memory is not doubled)."""
     torch.manual_seed(0)
-    config = hf_config(model_size, task)
+    config = hf_config(model_size, task, family)
     reference = build_hf(config, task, "eager")  # the weights every implementation starts from
     modules = {}
     for attn in baselines:
@@ -85,10 +72,7 @@ def make_implementations(model_size, task, device, baselines, with_bertfast, com
             model.load_state_dict(reference.state_dict())
         modules[f"hf-{attn}"] = model
     if with_bertfast:
-        try:
-            modules = {"bertfast": build_bertfast(reference, task), **modules}
-        except Exception as e:  # a model that exists but cannot take these weights: say so, keep the baselines
-            notes.append(f"bertfast model could not be built from transformers' config/weights: {e!r}")
+        modules = {"bertfast": build_bertfast(reference, task), **modules}
     if with_optimize:  # transformers' own model with its encoder patched by bertfast.optimize
         import bertfast
         model = build_hf(config, task, "sdpa")
@@ -107,13 +91,20 @@ def make_implementations(model_size, task, device, baselines, with_bertfast, com
     return impls
 
 
+def _inputs(batch):
+    """The model's keyword inputs; no token_type_ids for a family without them (DistilBERT)."""
+    inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+    if batch.token_type_ids is not None:
+        inputs["token_type_ids"] = batch.token_type_ids
+    return inputs
+
+
 def train_step(impl, batch, device, precision):
     """One optimizer step: forward with labels, backward, AdamW."""
     impl.base.train()
     impl.optimizer.zero_grad(set_to_none=True)
     with autocast(device, precision):
-        out = impl.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                         token_type_ids=batch.token_type_ids, labels=batch.labels)
+        out = impl.model(**_inputs(batch), labels=batch.labels)
     loss = out.loss if hasattr(out, "loss") else out["loss"]
     if impl.scaler is not None:
         impl.scaler.scale(loss).backward()
@@ -127,8 +118,7 @@ def train_step(impl, batch, device, precision):
 def inference_step(impl, batch, device, precision):
     impl.base.eval()
     with torch.no_grad(), autocast(device, precision):
-        out = impl.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                         token_type_ids=batch.token_type_ids)
+        out = impl.model(**_inputs(batch))
     return out.logits if hasattr(out, "logits") else out["logits"]
 
 

@@ -5,7 +5,7 @@ import os
 from .._files import atomic_write_json as write_json  # noqa: F401  (the benchmarks' JSON writer)
 
 # (row key, column title) of `bertfast bench`'s table; the op benchmarks' is harness.COLUMNS.
-TABLE_COLUMNS = [("model", "model"), ("task", "task"), ("seq_len", "seq"), ("lengths", "lengths"),
+TABLE_COLUMNS = [("family", "family"), ("model", "model"), ("task", "task"), ("seq_len", "seq"), ("lengths", "lengths"),
                  ("batch_size", "batch"),
                  ("mode", "mode"), ("impl", "impl"), ("ms", "ms"), ("cpu_ms", "cpu ms"),
                  ("tokens_per_s", "tokens/s"),
@@ -69,6 +69,11 @@ def write_csv(path, rows, conditions):
             writer.writerow({**conditions, **r})
 
 
+def _group(row):
+    """The workload a row belongs to: one group of bars."""
+    return row.get("family", "bert"), row["model"], row["task"], row["seq_len"], row["lengths"], row["mode"]
+
+
 def plot(folder, rows, conditions):
     """throughput.png and memory.png: grouped bars, one group per workload, one bar per
     implementation. Returns the paths written."""
@@ -81,16 +86,16 @@ def plot(folder, rows, conditions):
     os.makedirs(folder, exist_ok=True)
     groups = []
     for r in rows:
-        key = (r["model"], r["task"], r["seq_len"], r["lengths"], r["mode"])
+        key = _group(r)
         if key not in groups:
             groups.append(key)
     impls = []
     for r in rows:
         if r["impl"] not in impls:
             impls.append(r["impl"])
-    by_key = {(r["model"], r["task"], r["seq_len"], r["lengths"], r["mode"], r["impl"]): r for r in rows}
-    labels = [f"{m}\n{t if t != 'classification' else 'cls'} {s} {ln.split(':')[0]}\n{mode}"
-              for m, t, s, ln, mode in groups]
+    by_key = {(*_group(r), r["impl"]): r for r in rows}
+    labels = [f"{fam} {m}\n{t if t != 'classification' else 'cls'} {s} {ln.split(':')[0]}\n{mode}"
+              for fam, m, t, s, ln, mode in groups]
     paths = []
     title_suffix = f"{conditions.get('device', '')}, torch {conditions.get('torch', '')}, {rows[0]['precision']}"
     for metric, ylabel, name in (("tokens_per_s", "real tokens / s", "throughput.png"),

@@ -2,6 +2,7 @@
 asserts a speed: timings on a shared CI machine mean nothing."""
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -9,18 +10,13 @@ import sys
 import pytest
 import torch
 
-import bertfast
 from bertfast import bench
 from bertfast.bench import implementations, memory, output, workloads
 
 # One thread: on a loaded 2-core CI machine, two OpenMP threads wait on each other for seconds.
 TINY = ["--device", "cpu", "--threads", "1", "--model", "tiny", "--seq-len", "16", "--batch-size", "2", "--steps", "1",
         "--warmup", "0", "--real-batches", "2"]
-
-
-def _expected_impls(task):
-    impls = ["hf-eager", "hf-sdpa"]
-    return impls + ["bertfast"] if hasattr(bertfast, implementations.HF_CLASSES[task]) else impls
+IMPLS = ("bertfast", "hf-eager", "hf-sdpa")
 
 
 def test_bench_runs_end_to_end_and_writes_every_row(tmp_path, capsys):
@@ -29,7 +25,7 @@ def test_bench_runs_end_to_end_and_writes_every_row(tmp_path, capsys):
     payload = json.loads(json_path.read_text())
     rows = payload["rows"]
     expected = {(task, lengths, mode, impl) for task in ("classification", "mlm") for lengths in ("full", "real")
-                for mode in ("train", "inference") for impl in _expected_impls(task)}
+                for mode in ("train", "inference") for impl in IMPLS}
     got = {(r["task"], r["lengths"].split(":")[0], r["mode"], r["impl"]) for r in rows}
     assert got == expected and len(rows) == len(expected)
     for r in rows:
@@ -42,9 +38,8 @@ def test_bench_runs_end_to_end_and_writes_every_row(tmp_path, capsys):
             assert r["vs_hf_eager"] > 0 and r["vs_hf_sdpa"] > 0 and "cpu_vs_hf_sdpa" in r
     for key in ("device", "torch", "cuda", "commit", "date"):
         assert key in payload["conditions"]
-    assert payload["settings"]["model"] == ["tiny"] and payload["complete"]
-    if "bertfast" not in {r["impl"] for r in rows}:
-        assert any("bertfast" in n for n in payload["notes"])
+    assert payload["settings"]["model"] == ["tiny"] and payload["settings"]["family"] == ["bert"]
+    assert payload["complete"] and {r["family"] for r in rows} == {"bert"}
     with open(csv_path, newline="") as f:
         lines = list(csv.DictReader(f))
     assert len(lines) == len(rows) and {"device", "torch", "commit", "tokens_per_s"} <= set(lines[0])
@@ -66,16 +61,61 @@ def test_optimize_rows(tmp_path):
                       "--json", str(path)])
     payload = json.loads(path.read_text())
     rows = {r["impl"]: r for r in payload["rows"]}
-    if hasattr(bertfast, "optimize"):
-        assert rows["hf-sdpa+optimize"]["uses_bertfast"] and rows["hf-sdpa+optimize"]["vs_hf_sdpa"] > 0
-    else:
-        assert "hf-sdpa+optimize" not in rows and any("optimize" in n for n in payload["notes"])
+    assert rows["hf-sdpa+optimize"]["uses_bertfast"] and rows["hf-sdpa+optimize"]["vs_hf_sdpa"] > 0
+
+
+def test_families_with_optimize_give_every_row(tmp_path, capsys):
+    json_path, csv_path = tmp_path / "b.json", tmp_path / "b.csv"
+    assert bench.run(TINY + ["--family", "roberta", "distilbert", "--optimize", "--baselines", "sdpa",
+                             "--json", str(json_path), "--csv", str(csv_path)]) == 0
+    payload = json.loads(json_path.read_text())
+    rows = payload["rows"]
+    expected = {(family, lengths, mode, impl) for family in ("roberta", "distilbert") for lengths in ("full", "real")
+                for mode in ("train", "inference") for impl in ("bertfast", "hf-sdpa", "hf-sdpa+optimize")}
+    assert {(r["family"], r["lengths"].split(":")[0], r["mode"], r["impl"]) for r in rows} == expected
+    assert len(rows) == len(expected) and payload["notes"] == []
+    assert payload["settings"]["family"] == ["roberta", "distilbert"]
+    for r in rows:
+        assert all(math.isfinite(v) and v > 0 for v in [r["ms"], r["tokens_per_s"], *r["samples_s"]])
+        if r["impl"] != "hf-sdpa":
+            assert math.isfinite(r["vs_hf_sdpa"]) and r["vs_hf_sdpa"] > 0
+    with open(csv_path, newline="") as f:
+        assert [line["family"] for line in csv.DictReader(f)] == [r["family"] for r in rows]
+    table = capsys.readouterr().out
+    assert "family" in table and "distilbert" in table and "roberta" in table
+
+
+@pytest.mark.parametrize("family", workloads.FAMILIES)
+@pytest.mark.parametrize("task", workloads.TASKS)
+def test_bertfast_and_optimize_compute_what_transformers_computes(family, task):
+    """The benchmark compares equal work: on its own (padded, real-length) batch, bertfast's model
+    and the drop-in give transformers' logits for every family."""
+    impls = implementations.make_implementations("tiny", task, "cpu", ["sdpa"], True, [False], "fp32",
+                                                 with_optimize=True, family=family)
+    batch = workloads.for_family(workloads.make_batches(task, 4, 128, "real", 1, torch.Generator().manual_seed(0)),
+                                 family)[0]
+    assert batch.real_tokens < batch.padded_tokens and (batch.token_type_ids is None) == (family == "distilbert")
+    logits = {impl.name: implementations.inference_step(impl, batch, "cpu", "fp32") for impl in impls}
+    assert set(logits) == {"bertfast", "hf-sdpa", "hf-sdpa+optimize"}
+    real = batch.attention_mask.bool() if task == "mlm" else slice(None)  # padding's logits are nobody's
+    for name in ("bertfast", "hf-sdpa+optimize"):
+        torch.testing.assert_close(logits[name][real], logits["hf-sdpa"][real], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_family_batches_use_the_family_pad_id_and_vocabulary():
+    bert = workloads.make_batches("mlm", 4, 128, "real", 1, torch.Generator().manual_seed(0))
+    roberta, = workloads.for_family(bert, "roberta")
+    pad = bert[0].attention_mask == 0
+    assert (roberta.input_ids[pad] == 1).all() and (bert[0].input_ids[pad] == 0).all()
+    assert torch.equal(roberta.input_ids[~pad], bert[0].input_ids[~pad]) and torch.equal(roberta.labels, bert[0].labels)
+    fields = workloads.family_config_fields("distilbert", "tiny")
+    assert fields["dim"] == 64 and fields["n_layers"] == 2 and "hidden_size" not in fields
 
 
 def test_module_entry_point_help():
     proc = subprocess.run([sys.executable, "-m", "bertfast.bench", "--help"], capture_output=True, text=True,
                           cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-    assert proc.returncode == 0 and "--baselines" in proc.stdout and "--precision" in proc.stdout
+    assert proc.returncode == 0 and "--baselines" in proc.stdout and "--family" in proc.stdout
 
 
 @pytest.mark.parametrize("bad", [["--precision", "fp16"], ["--seq-len", "1024"], ["--batch-size", "0"],
@@ -125,14 +165,15 @@ def test_peak_memory_sees_a_large_allocation():
 
 
 def test_table_and_plot(tmp_path):
-    rows = [{"model": "tiny", "task": "classification", "seq_len": 16, "lengths": "full", "batch_size": 2,
-             "mode": "train", "impl": impl, "precision": "fp32", "ms": ms, "tokens_per_s": 32 / ms * 1e3,
+    rows = [{"family": "bert", "model": "tiny", "task": "classification", "seq_len": 16, "lengths": "full",
+             "batch_size": 2, "mode": "train", "impl": impl, "precision": "fp32", "ms": ms,
+             "tokens_per_s": 32 / ms * 1e3,
              "samples_per_s": 2 / ms * 1e3, "peak_mem_MB": 10.0, "tflops": 0.001, "mfu": None}
             for impl, ms in (("bertfast", 1.0), ("hf-sdpa", 2.0))]
     table = output.format_table(rows)
     assert "tokens/s" in table and "MFU" not in table  # all-None columns are dropped
     markdown = output.format_markdown(rows).splitlines()
-    assert len(markdown) == 4 and markdown[0].startswith("| model") and "bertfast" in markdown[2]
+    assert len(markdown) == 4 and markdown[0].startswith("| family | model") and "bertfast" in markdown[2]
     try:
         import matplotlib  # noqa: F401
     except ImportError:
