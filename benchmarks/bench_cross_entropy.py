@@ -56,7 +56,9 @@ def softmax_case(rows, classes, dtype, device):
     g = torch.Generator().manual_seed(0)
     source = (torch.randn(rows, classes, generator=g) * 3).to(dtype=dtype, device=device)
     labels = labels_for(rows, classes, g, device)
-    logits = source.clone().requires_grad_()  # the in-place backward overwrites it: refilled before each call
+    # The in-place backward overwrites the logits (refilled untimed before each call), which must then
+    # be an activation, as in a model, not a leaf: torch refuses in-place writes to leaves that need grad.
+    logits = source.clone().requires_grad_() * 1
 
     def refill():
         with torch.no_grad():
