@@ -13,12 +13,12 @@ namespace bertfast {
 namespace CPU_CAPABILITY {
 
 struct BwdScratch {
-  std::vector<float> qt, dot, q, dout, dvec, lse, dq, k, v, dk, dv, s, dp, z, row, row2;
+  std::vector<float> qt, dot, q, dout, dvec, lse, dq, k, v, dk, dv, s, dp, z, row, row2, mult;
   BwdScratch(int64_t D, int64_t q_len)
       : qt(D * round_up_vec(q_len)), dot(D * round_up_vec(q_len)), q(q_len * D), dout(q_len * D),
         dvec(round_up_vec(q_len)), lse(round_up_vec(q_len)), dq(q_len * D), k(kKeyTile * D), v(kKeyTile * D),
         dk(kKeyTile * D), dv(kKeyTile * D), s(kKeyTile * kQueryTile), dp(kKeyTile * kQueryTile),
-        z(kKeyTile * kQueryTile), row(D), row2(D) {}
+        z(kKeyTile * kQueryTile), row(D), row2(D), mult(kKeyTile) {}
 };
 
 // Gradients from the keys of tiles [tile_begin, tile_end) of one (sequence, head). dQ goes to
@@ -76,13 +76,12 @@ void bwd_sequence_head(const AttentionBwdArgs& a, const SequenceView& seq, int64
       small_gemm(bk, bq_pad, D, V, ldv, 1, w.dot.data() + i0, Lq_pad, dP, bq_pad, false);
       const float* Zt = S;  // the probabilities that multiplied V in the forward
       if (p.seed) {
+        float* mult = w.mult.data();
         for (int64_t i = 0; i < bq; ++i) {
-          DropoutRow drop(p);
+          dropout_tile_row(p, b, h, i0 + i, bk, pos, mult);
           for (int64_t r = 0; r < bk; ++r) {
-            const bool keep = drop.keep(dropout_counter(p, b, h, i0 + i, pos(r)));
-            const float mul = keep ? p.dropout_scale : 0.0f;
-            Z[r * bq_pad + i] = S[r * bq_pad + i] * mul;
-            dP[r * bq_pad + i] *= mul;
+            Z[r * bq_pad + i] = S[r * bq_pad + i] * mult[r];
+            dP[r * bq_pad + i] *= mult[r];
           }
         }
         Zt = Z;

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "../common/philox.h"
+#include "../common/philox_cpu.h"
 #include "attention.h"
 #include "attention_cpu_gemm.h"
 
@@ -199,6 +200,22 @@ class DropoutRow {
 
 inline uint64_t dropout_counter(const AttentionProblem& p, int64_t b, int64_t h, int64_t i, int64_t j) {
   return static_cast<uint64_t>(((b * p.heads + h) * p.counter_q + i) * p.counter_k + j);
+}
+
+// mult[r] = dropout_scale where query i's probability of key r (of a tile's bk keys, at the
+// increasing positions pos(r)) is kept, 0 where dropped. Keys at consecutive positions (every
+// tile but those a padding mask cuts into) take their draws 32 at a time from the vectorised
+// Philox; the others one counter at a time. The same draws either way.
+template <typename Pos>
+inline void dropout_tile_row(const AttentionProblem& p, int64_t b, int64_t h, int64_t i, int64_t bk, Pos pos,
+                             float* mult) {
+  if (bk > 0 && pos(bk - 1) - pos(0) == bk - 1) {
+    dropout_multipliers(static_cast<uint64_t>(*p.seed), p.threshold, p.dropout_scale,
+                        dropout_counter(p, b, h, i, pos(0)), bk, mult);
+    return;
+  }
+  DropoutRow drop(p);
+  for (int64_t r = 0; r < bk; ++r) mult[r] = drop.keep(dropout_counter(p, b, h, i, pos(r))) ? p.dropout_scale : 0.0f;
 }
 
 }  // namespace CPU_CAPABILITY

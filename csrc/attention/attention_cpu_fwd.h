@@ -13,10 +13,10 @@ namespace bertfast {
 namespace CPU_CAPABILITY {
 
 struct FwdScratch {
-  std::vector<float> qt, s, o, k, v, m, l, alpha, row;
+  std::vector<float> qt, s, o, k, v, m, l, alpha, row, mult;
   FwdScratch(int64_t D)
       : qt(D * kQueryTile), s(kKeyTile * kQueryTile), o(kQueryTile * D), k(kKeyTile * D), v(kKeyTile * D),
-        m(kQueryTile), l(kQueryTile), alpha(kQueryTile), row(D) {}
+        m(kQueryTile), l(kQueryTile), alpha(kQueryTile), row(D), mult(kKeyTile) {}
 };
 
 // Online-softmax update of S^T (bk x bq_pad) in place into probabilities exp(S - m_new);
@@ -66,12 +66,10 @@ void fwd_query_tile(const AttentionFwdArgs& a, const SequenceView& seq, int64_t 
     }
     online_softmax_tile(S, bk, bq_pad, w.m.data(), w.l.data(), w.alpha.data());
     if (p.seed) {  // dropout after the softmax sums: l normalises the undropped probabilities
+      float* mult = w.mult.data();
       for (int64_t i = 0; i < bq; ++i) {
-        DropoutRow drop(p);
-        for (int64_t r = 0; r < bk; ++r) {
-          const bool keep = drop.keep(dropout_counter(p, b, h, i0 + i, pos(r)));
-          S[r * bq_pad + i] = keep ? S[r * bq_pad + i] * p.dropout_scale : 0.0f;
-        }
+        dropout_tile_row(p, b, h, i0 + i, bk, pos, mult);
+        for (int64_t r = 0; r < bk; ++r) S[r * bq_pad + i] *= mult[r];
       }
     }
     for (int64_t i = 0; i < bq; ++i) {
