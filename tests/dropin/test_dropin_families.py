@@ -1,5 +1,5 @@
 """bertfast.optimize on every family and head: the same outputs on real tokens and the same gradient
-of every parameter as the unoptimized model, fp32 exactly (to rounding) and bf16 within the
+of every parameter as the unoptimized model, fp32 exactly (to rounding) and bf16/fp16 autocast within the
 low-precision rule."""
 import copy
 
@@ -33,19 +33,20 @@ def test_outputs_and_gradients_match_fp32(family, head):
 @pytest.mark.parametrize("family,head", [("bert", "ForSequenceClassification"), ("roberta", "ForMaskedLM"),
                                          ("electra", "ForTokenClassification"),
                                          ("distilbert", "ForQuestionAnswering")])
-def test_bf16_autocast_within_the_low_precision_rule(family, head):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_within_the_low_precision_rule(family, head, dtype):
     hf = model(family, head).eval()
     args = inputs(family, head, seqlen=17)
     ref64_outputs, ref64_grads = run(copy.deepcopy(hf).double(), args)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=dtype):
         lowp_outputs, lowp_grads = run(hf, args)
     bertfast.optimize(hf)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=dtype):
         outputs, grads = run(hf, args)
     for i, (out, ref, lowp) in enumerate(zip(outputs, ref64_outputs, lowp_outputs)):
-        assert_lowp_close(f"output {i}", out, ref, lowp, torch.bfloat16)
+        assert_lowp_close(f"output {i}", out, ref, lowp, dtype)
     for name, ref in ref64_grads.items():
-        assert_lowp_close(f"grad {name}", grads[name], ref, lowp_grads[name], torch.bfloat16)
+        assert_lowp_close(f"grad {name}", grads[name], ref, lowp_grads[name], dtype)
 
 
 @pytest.mark.parametrize("family", ["bert", "roberta", "distilbert"])
