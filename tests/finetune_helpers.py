@@ -5,6 +5,8 @@ import shutil
 
 import pytest
 
+# the checkout (where `python -m bertfast` runs from in subprocess tests)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MINILM_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 
 

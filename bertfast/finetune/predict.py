@@ -2,7 +2,6 @@
 import json
 import os
 
-import torch
 
 from . import evaluation
 from .data import Columns, load_examples

@@ -17,19 +17,8 @@ from bertfast.finetune.bi_encoder import pool, rank_loss
 from bertfast.finetune.data import sample_path
 from bertfast.finetune.retrieval_metrics import ranking_metrics, top_k
 
-from finetune_helpers import make_tiny_bert, minilm_path
+from finetune_helpers import ROOT, minilm_path
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return make_tiny_bert(tmp_path_factory.mktemp("tiny"), dropout=0.1)
-
-
-@pytest.fixture(scope="module")
-def tiny0(tmp_path_factory):
-    return make_tiny_bert(tmp_path_factory.mktemp("tiny0"), dropout=0.0)
 
 
 def run_cli(args, env_extra=None, check=True, torchrun=False):

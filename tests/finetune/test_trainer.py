@@ -16,19 +16,7 @@ from bertfast.finetune.checkpoints import POINTER
 from bertfast.finetune.data import sample_path
 from bertfast.finetune.trainer import FinetuneConfig, finetune
 
-from finetune_helpers import make_tiny_bert
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return make_tiny_bert(tmp_path_factory.mktemp("tiny"), dropout=0.1)
-
-
-@pytest.fixture(scope="module")
-def tiny_no_dropout(tmp_path_factory):
-    return make_tiny_bert(tmp_path_factory.mktemp("tiny0"), dropout=0.0)
+from finetune_helpers import ROOT
 
 
 def config(task, model, output, **kw):
@@ -70,10 +58,10 @@ def test_each_task_end_to_end(task, tiny, tmp_path):
     getattr(transformers, MODEL_CLASS[task]).from_pretrained(str(out), local_files_only=True)
 
 
-def test_gradient_accumulation_equals_big_batch(tiny_no_dropout, tmp_path):
+def test_gradient_accumulation_equals_big_batch(tiny0, tmp_path):
     """Accumulating 2 micro-batches of 8 is the same update as one batch of 16 (float tolerance)."""
-    a = finetune(config("classify", tiny_no_dropout, tmp_path / "a", batch_size=16, eval=None))
-    b = finetune(config("classify", tiny_no_dropout, tmp_path / "b", batch_size=8, gradient_accumulation=2, eval=None))
+    a = finetune(config("classify", tiny0, tmp_path / "a", batch_size=16, eval=None))
+    b = finetune(config("classify", tiny0, tmp_path / "b", batch_size=8, gradient_accumulation=2, eval=None))
     assert a["steps"] == b["steps"]
     wa, wb = load_file(str(tmp_path / "a" / "model.safetensors")), load_file(str(tmp_path / "b" / "model.safetensors"))
     for k in wa:
@@ -139,9 +127,9 @@ def small_train(tmp_path, split="train", rows=120):
     return path
 
 
-def test_ddp_two_processes_match_one(tiny_no_dropout, tmp_path):
+def test_ddp_two_processes_match_one(tiny0, tmp_path):
     """torchrun with 2 CPU processes (gloo), batch 8 each, against 1 process with batch 16."""
-    common = ["--task", "classify", "--model", tiny_no_dropout, "--train", str(small_train(tmp_path)),
+    common = ["--task", "classify", "--model", tiny0, "--train", str(small_train(tmp_path)),
               "--eval", str(small_train(tmp_path, "eval", 200)), "--max-length", "48", "--epochs", "2", "--lr", "1e-3",
               "--device", "cpu", "--seed", "3", "--no-progress"]
     run_cli(["finetune", *common, "--batch-size", "16", "--output", str(tmp_path / "one")])

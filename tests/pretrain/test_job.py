@@ -20,15 +20,9 @@ from bertfast.pretrain.corpus import token_cache
 from bertfast.pretrain.job import _collate
 from bertfast.pretrain.masking import tokenizer_masker, train_rng
 
-from finetune_helpers import make_tiny_bert
+from finetune_helpers import ROOT, make_tiny_bert
 from pretrain_helpers import sentiment_text, tokenizer
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return make_tiny_bert(tmp_path_factory.mktemp("tiny"), dropout=0.1)
 
 
 @pytest.fixture(scope="module")
