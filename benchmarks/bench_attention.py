@@ -5,8 +5,10 @@ With a key padding mask (lengths uniform in 32..seq): attention with the mask an
 on the same real tokens, both against SDPA with the same bool mask on the padded batch; tokens/s
 count real tokens, TFLOP/s the useful FLOPs (on real tokens). On CUDA (bf16, seq 128 and 512) also
 without a mask against SDPA's fastest backend, and the fraction of the bf16 GEMM rate measured in
-the same run. On the CPU (fp32, seq 128) the masked forward+backward again on one thread, whose
-"cpu speedup" (process CPU time) other tenants of a shared machine cannot inflate.
+the same run. On both, attention dropout 0.1 (no mask) on both sides, as in training: the mask's
+random draws are part of the cost. On the CPU (fp32, seq 128) the masked forward+backward again
+on one thread, whose "cpu speedup" (process CPU time) other tenants of a shared machine cannot
+inflate.
 
     python benchmarks/bench_attention.py [--device cuda] [--json out.json] [--quick]
 """
@@ -32,14 +34,16 @@ def cases(device, quick):
         if device_type == "cuda":
             yield from unmasked_cases(shape, DTYPES[device_type], device)
         yield from masked_cases(shape, DTYPES[device_type], device)
+        yield from dropout_cases(shape, DTYPES[device_type], device)
     if device_type == "cpu":
         yield from masked_cases(SHAPES[kind][0], DTYPES[device_type], device, threads=1, modes=("fwd+bwd",))
 
 
-def sdpa_bshd(q, k, v, mask=None):
+def sdpa_bshd(q, k, v, mask=None, dropout_p=0.0):
     """SDPA on (batch, seq, heads, dim) views (transposed strides, no copy), as a model calls it."""
     attn_mask = None if mask is None else mask[:, None, None, :]
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=attn_mask)
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=attn_mask,
+                                         dropout_p=dropout_p)
     return out.transpose(1, 2)
 
 
@@ -65,6 +69,18 @@ def unmasked_cases(shape, dtype, device):
     full = [shape[1]] * shape[0]
     for mode in MODES:
         yield harness.Case("attention", shape, dtype, f"{mode}, no mask", _candidates(forwards, qkv, grad, mode),
+                           baseline="sdpa", flops=attention_flops(full, shape[2], shape[3], mode != "forward"),
+                           tokens=sum(full))
+
+
+def dropout_cases(shape, dtype, device, p=0.1):
+    """Training attention as BERT runs it (attention-probability dropout 0.1, no mask): the mask's
+    random draws are part of the cost on both sides."""
+    qkv, grad, _ = make_inputs(shape, dtype, device)
+    forwards = {"bertfast": lambda: attention(*qkv, dropout_p=p), "sdpa": lambda: sdpa_bshd(*qkv, dropout_p=p)}
+    full = [shape[1]] * shape[0]
+    for mode in MODES:
+        yield harness.Case("attention", shape, dtype, f"{mode}, dropout {p}", _candidates(forwards, qkv, grad, mode),
                            baseline="sdpa", flops=attention_flops(full, shape[2], shape[3], mode != "forward"),
                            tokens=sum(full))
 
