@@ -25,7 +25,9 @@ EXPECTED = {
                                 for impl in ("bertfast", "composite")}, "GBps"),
     "bench_attention": ({("attention", "float32", mode, impl)
                          for mode in ("fwd+bwd, padding mask", "forward, padding mask")
-                         for impl in ("bertfast", "bertfast varlen", "sdpa")}, "tflops"),
+                         for impl in ("bertfast", "bertfast varlen", "sdpa")}
+                        | {("attention", "float32", mode, impl) for mode in ("fwd+bwd, dropout 0.1", "forward, dropout 0.1")
+                           for impl in ("bertfast", "sdpa")}, "tflops"),
     "bench_cross_entropy": ({("softmax_cross_entropy", "float32", "fwd+bwd", impl)
                              for impl in ("bertfast", "bertfast inplace", "F.cross_entropy")}
                             | {("linear_cross_entropy", "float32", "fwd+bwd", impl)

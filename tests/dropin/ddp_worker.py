@@ -24,7 +24,11 @@ def main():
     torch.set_num_threads(1)
     if mode in ("trainer", "trainer-original"):  # Trainer sets up the process group itself
         model = ddp_case.build()
-        return ddp_case.train_with_trainer(bertfast.optimize(model) if mode == "trainer" else model, out)
+        ddp_case.train_with_trainer(bertfast.optimize(model) if mode == "trainer" else model, out)
+        # Trainer leaves its gloo group up; a process exiting with it alive can abort in teardown
+        dist.barrier()
+        dist.destroy_process_group()
+        return
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     model = bertfast.optimize(ddp_case.build())
