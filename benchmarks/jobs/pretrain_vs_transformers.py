@@ -145,10 +145,9 @@ def main():
             with open(name, "w") as f:
                 f.write("\n".join(corpus_texts(split)) + "\n")
         timed = args.warmup + args.reps
-        # both learning-rate schedules span the run; bertfast's blocks hold a few more tokens
-        # each (one [CLS]/[SEP] per block, not per text), so its epochs are shorter: enough of them
+        # enough epochs for the run; with --train-steps both learning-rate schedules span exactly it
         total = max(timed, args.train_steps)
-        epochs = max(1, -(-total * 5 // (4 * steps_per_epoch(tokenizer_dir, texts))))
+        epochs = max(1, -(-total // steps_per_epoch(tokenizer_dir, texts)))
         ours, the_job, run = bertfast_step(tokenizer_dir, *files, os.path.join(tmp, "out"), args.precision, epochs,
                                            total if args.train_steps else None)
         theirs, hf_model = transformers_step(tokenizer_dir, texts, args.precision, total if args.train_steps else None)
